@@ -1,0 +1,8 @@
+"""Fine-tuning on MLX: LoRA/DoRA/QLoRA adapters (:mod:`.lora`), training data (:mod:`.data`),
+the training loop (:mod:`.trainer`) and the loss plot (:mod:`.plot`)."""
+
+from .lora import (apply_lora, fuse_lora, load_adapter, load_with_adapter, read_adapter_config,
+                   save_adapter)
+
+__all__ = ["apply_lora", "fuse_lora", "load_adapter", "load_with_adapter", "read_adapter_config",
+           "save_adapter"]
