@@ -127,19 +127,23 @@ def resolve_spec(spec: str | os.PathLike | None) -> tuple[str, str | Path]:
 
 def load_model(spec: str | os.PathLike | None = DEFAULT_MODEL, *, dtype: str | None = None,
                dequantize: bool = False, quantize: int | None = None, group_size: int = 64,
-               chat_template: str | None = None, lazy: bool = False) -> LoadedModel:
+               chat_template: str | None = None, lazy: bool = False,
+               check_mem: bool = True) -> LoadedModel:
     """Load a model spec (see module docstring) as an mlx_lm model + tokenizer.
 
     dtype:       cast floating weights (float32|float16|bfloat16); None keeps the stored dtype.
     dequantize:  turn quantized layers into dense ones (at ``dtype`` or float32).
     quantize:    4 or 8 to quantize linear layers (QLoRA base) with ``group_size``.
     chat_template: a registry name that overrides (or supplies) the tokenizer's template.
+    check_mem:   warn on stderr (one line) when the weights will not fit in free memory.
     """
     if dtype is not None and dtype not in DTYPES:
         raise ModelError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     if quantize not in (None, 2, 3, 4, 6, 8):
         raise ModelError(f"--quantize must be 4 or 8 (got {quantize})")
     kind, where = resolve_spec(spec)
+    if check_mem:
+        _check_load_memory(kind, where, dtype=dtype, dequantize=dequantize)
     if kind == "gguf":
         from .gguf import load_gguf
 
@@ -150,13 +154,50 @@ def load_model(spec: str | os.PathLike | None = DEFAULT_MODEL, *, dtype: str | N
 
     template = attach_chat_template(tokenizer, config, chat_template)
     _convert_weights(model, config, dtype=dtype, dequantize=dequantize, quantize=quantize,
-                     group_size=group_size)
+                     group_size=group_size, check_mem=check_mem)
     eos, stop = _eos_and_stop(tokenizer)
     if template:
         stop = sorted(set(stop) | set(get_template(template).stop))
     return LoadedModel(model=model, tokenizer=tokenizer, config=config, spec=str(spec or DEFAULT_MODEL),
                        path=path, template=template, eos=eos, stop=stop,
                        quantization=config.get("quantization"))
+
+
+def default_train_dequantize(log_choice: bool = True) -> bool:
+    """Whether training should default to a dense float32 copy of a quantized model.
+
+    True where MLX runs on the CPU (Linux without CUDA): its quantized matmul is ~15x slower there
+    than a float32 one on OpenBLAS. False on Apple GPUs (and CUDA), where QLoRA is the fast path.
+    """
+    import mlx.core as mx
+
+    on_cpu = mx.default_device().type == mx.DeviceType.cpu
+    if on_cpu and log_choice:
+        log("[mlx-text2sql] MLX runs on the CPU here, where quantized matmuls are slow: training on a "
+            "dense float32 copy of the model (ask for QLoRA explicitly to keep it quantized)")
+    return on_cpu
+
+
+def _check_load_memory(kind: str, where, *, dtype, dequantize) -> None:
+    """First, cheap memory check from file sizes (and config.json when it says more)."""
+    from .memory import check_memory, weight_bytes
+
+    p = Path(where) if kind != "hub" else None
+    if p is None:
+        return  # unknown until mlx_lm has downloaded it
+    files = [p] if p.is_file() else sorted(p.glob("model*.safetensors"))
+    needed = sum(f.stat().st_size for f in files if f.is_file())
+    if kind == "folder" and (dequantize or dtype):
+        try:
+            import json
+
+            config = json.loads((p / "config.json").read_text())
+            if config.get("quantization") or dtype:
+                # the stored weights plus the dense copy made from them
+                needed += weight_bytes(config, dtype or "float32")
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    check_memory(needed=int(needed * 1.05), what=f"loading {p.name}")
 
 
 def _load_hf(kind: str, where, lazy: bool):
@@ -186,23 +227,29 @@ def _load_hf(kind: str, where, lazy: bool):
     return model, tokenizer, config, path
 
 
-def _convert_weights(model, config: dict, *, dtype, dequantize, quantize, group_size) -> None:
+def _convert_weights(model, config: dict, *, dtype, dequantize, quantize, group_size,
+                     check_mem: bool = False) -> None:
     """Apply --dequantize / --quantize / --dtype in place, updating ``config['quantization']``."""
     import mlx.core as mx
     import mlx.nn as nn
     from mlx.utils import tree_map
 
     if dequantize and config.get("quantization"):
-        from mlx_lm.utils import dequantize_model
+        if check_mem:
+            from .memory import check_memory, weight_bytes
 
-        dequantize_model(model)
+            check_memory(needed=weight_bytes(model) + weight_bytes(model, dtype or "float32"),
+                         what="dequantizing the model")
+        dequantize_layers(model, getattr(mx, dtype or "float32"))
         config.pop("quantization", None)
         config.pop("quantization_config", None)
+        config["torch_dtype"] = dtype or "float32"
     if dtype is not None:
         target = getattr(mx, dtype)
         # Only float weights change; quantized uint32 weights (and their scales) stay as stored.
         model.update(tree_map(lambda a: a.astype(target) if mx.issubdtype(a.dtype, mx.floating) else a,
                               model.parameters()))
+        config["torch_dtype"] = dtype
     if quantize:
         if config.get("quantization"):
             raise ModelError("the model is already quantized; drop --quantize or add --dequantize")
@@ -212,3 +259,39 @@ def _convert_weights(model, config: dict, *, dtype, dequantize, quantize, group_
                     and m.weight.shape[-1] % group_size == 0)
         config["quantization"] = {"group_size": group_size, "bits": quantize}
     mx.eval(model.parameters())
+
+
+def dequantize_layers(model, dtype=None) -> None:
+    """Replace every quantized Linear/Embedding of ``model`` by a dense one, in place.
+
+    Unlike mlx_lm's ``dequantize_model`` the weights are computed in float32 (scales and biases
+    upcast first), so a GGUF file's float16 scales lose nothing, then cast to ``dtype`` (default
+    float32). Tied embeddings keep working: the dense ``nn.Embedding`` has ``as_linear`` too.
+    """
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_unflatten
+
+    dtype = dtype or mx.float32
+    dense = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.QuantizedLinear):
+            has_bias = "bias" in module
+            out_dims = module.weight.shape[0]
+            layer = nn.Linear(1, out_dims, bias=has_bias)
+        elif isinstance(module, nn.QuantizedEmbedding):
+            layer = nn.Embedding(1, 1)
+            has_bias = False
+        else:
+            continue
+        biases = module.get("biases")
+        weight = mx.dequantize(module.weight, module.scales.astype(mx.float32),
+                               None if biases is None else biases.astype(mx.float32),
+                               group_size=module.group_size, bits=module.bits,
+                               mode=getattr(module, "mode", "affine"))
+        layer.weight = weight.astype(dtype)
+        if has_bias:
+            layer.bias = module.bias
+        dense.append((name, layer))
+    if dense:
+        model.update_modules(tree_unflatten(dense))
