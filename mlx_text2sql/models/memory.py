@@ -18,7 +18,8 @@ _ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 def count_parameters(config: dict) -> tuple[int, int]:
-    """(parameters in linear layers, parameters in embeddings/head) of a llama-like config."""
+    """(parameters in the transformer layers' linear maps, all other parameters) of a llama-like
+    config: the second part is the embedding, the output head unless tied, and the norms."""
     cfg = config.get("text_config", config)
     hidden = int(cfg["hidden_size"])
     layers = int(cfg["num_hidden_layers"])
@@ -30,8 +31,13 @@ def count_parameters(config: dict) -> tuple[int, int]:
     attn = hidden * heads * head_dim * 2 + hidden * kv * head_dim * 2  # q, o + k, v
     mlp = 3 * hidden * inter  # gate, up, down
     linear = layers * (attn + mlp)
-    embed = vocab * hidden * (1 if cfg.get("tie_word_embeddings", False) else 2)
-    return linear, embed
+    other = vocab * hidden * (1 if cfg.get("tie_word_embeddings", False) else 2)
+    other += (2 * layers + 1) * hidden  # two RMSNorms a layer and the final one
+    if cfg.get("attention_bias"):
+        other += layers * ((heads + 2 * kv) * head_dim + hidden)  # q, k, v, o biases
+    if cfg.get("mlp_bias"):
+        other += layers * (2 * inter + hidden)
+    return linear, other
 
 
 def _is_config(source) -> bool:
@@ -45,15 +51,15 @@ def weight_bytes(source: Any, dtype: str | None = None) -> int:
     dtype None: as stored (quantized layers at their bit width); else every weight dense at dtype.
     """
     if _is_config(source):
-        linear, embed = count_parameters(source)
+        linear, other = count_parameters(source)
         quant = source.get("quantization") or source.get("quantization_config")
+        stored = _ITEMSIZE.get(str(source.get("torch_dtype") or "float32"), 4)
         if dtype is None and isinstance(quant, dict) and quant.get("bits"):
             group = int(quant.get("group_size") or 64)
-            # packed weight + one float16 scale and bias per group
-            per_param = int(quant["bits"]) / 8 + 4 / group
-            return int((linear + embed) * per_param)
-        item = _ITEMSIZE.get(dtype or str(source.get("torch_dtype") or "float32"), 4)
-        return (linear + embed) * item
+            # packed weights + a scale and a bias per group, in the model's float dtype
+            per_param = int(quant["bits"]) / 8 + 2 * stored / group
+            return int((linear + other) * per_param)
+        return (linear + other) * (_ITEMSIZE[dtype] if dtype else stored)
     return _model_bytes(source, dtype)
 
 
