@@ -53,6 +53,9 @@ Errors are :class:`~mlx_text2sql.errors.SQLExecutionError` with ``.kind`` one of
 ``"refused"``, ``"timeout"``, ``"too_many_rows"``, ``"no_database"``, ``"error"`` and a message
 naming the database and SQLite's own words.
 
+Every connection also carries the collation ``CASEFOLD`` (Unicode case-insensitive, Python's
+``str.casefold``), which :func:`mlx_text2sql.metrics.case_insensitive_sql` uses for WikiSQL.
+
 Connections are cached per thread and per database path (LRU of ``MAX_OPEN_CONNECTIONS``), so
 evaluating thousands of queries does not reopen files; :func:`close_all` closes this thread's.
 Text that is not valid UTF-8 (some Spider databases hold Latin-1 bytes) is decoded with
@@ -70,7 +73,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +89,9 @@ DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_MAX_ROWS = 10_000
 MAX_OPEN_CONNECTIONS = 16
 MAX_VALUE_BYTES = 16 * 1024 * 1024
+# A collation every connection carries: Unicode case-insensitive comparison (SQLite's own
+# NOCASE folds ASCII letters only, so 'Şımarık' would not equal 'şımarık').
+CASEFOLD_COLLATION = "CASEFOLD"
 PROGRESS_EVERY = 1000  # VM instructions between deadline checks: ~10 µs of work each
 
 ALLOWED_FIRST_KEYWORDS = ("SELECT", "WITH", "VALUES")
@@ -296,7 +302,11 @@ class _Conn:
     guard: _Guard
     signature: tuple = ()
     lenient_text: bool = False
-    extra: dict = field(default_factory=dict)
+
+
+def _casefold_compare(a: str, b: str) -> int:
+    a, b = a.casefold(), b.casefold()
+    return (a > b) - (a < b)
 
 
 def _lenient_text(b: bytes) -> str:
@@ -313,6 +323,7 @@ def _harden(conn: sqlite3.Connection) -> _Guard:
     if hasattr(conn, "setlimit"):  # Python >= 3.11
         conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
         conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
+    conn.create_collation(CASEFOLD_COLLATION, _casefold_compare)
     guard = _Guard()
     conn.set_authorizer(guard.authorize)
     conn.set_progress_handler(guard.progress, PROGRESS_EVERY)
@@ -354,6 +365,11 @@ def _file_connection(db_path: str | os.PathLike) -> tuple[_Conn, str]:
                                 kind="no_database") from None
     if not path.is_file():
         raise SQLExecutionError(f"no database at {shown}: not a regular file", kind="no_database")
+    if st.st_size == 0:
+        # SQLite would treat it as a valid database without tables: every query would fail
+        # with "no such table", blaming the query for a missing database.
+        raise SQLExecutionError(f"no database at {shown}: the file is empty (0 bytes)",
+                                kind="no_database")
     key = str(path.resolve())
     signature = (st.st_ino, st.st_size, st.st_mtime_ns)
     cached = _cache.files.get(key)

@@ -276,6 +276,14 @@ def test_missing_database_is_no_database(tmp_path):
     assert not (tmp_path / "absent.sqlite").exists()
 
 
+def test_empty_file_is_no_database_not_a_query_error(tmp_path):
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    with pytest.raises(SQLExecutionError) as info:
+        execute(empty, "SELECT * FROM t")
+    assert info.value.kind == "no_database" and "empty" in str(info.value)
+
+
 def test_file_that_is_not_a_database_is_no_database(tmp_path):
     bogus = tmp_path / "notes.sqlite"
     bogus.write_text("this is not a database, just text that is long enough " * 20)
