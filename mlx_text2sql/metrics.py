@@ -32,7 +32,8 @@ becomes ``col COLLATE CASEFOLD = 'x'``, a Unicode-aware collation every executor
 carries; SQLite's NOCASE folds ASCII only). WikiSQL questions, and so the literals a model
 copies from them, are lower-cased while the table cells are not; the official evaluator
 compares them case-insensitively. Without this rule a correct lower-cased prediction returns
-nothing (51% of lower-cased WikiSQL dev gold queries stay correct; with it, 100%).
+nothing (on WikiSQL dev, about half of the gold queries with lower-cased literals still
+return the gold answer; with this rule, all of them).
 
 Exact match (:func:`exact_match`)
 =================================

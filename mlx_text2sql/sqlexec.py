@@ -53,6 +53,12 @@ Errors are :class:`~mlx_text2sql.errors.SQLExecutionError` with ``.kind`` one of
 ``"refused"``, ``"timeout"``, ``"too_many_rows"``, ``"no_database"``, ``"error"`` and a message
 naming the database and SQLite's own words.
 
+:func:`execute_on_schema` builds an empty in-memory database from a record's CREATE TABLE
+text (for data without a database file); the text is data too, so while it builds only
+creating tables, indexes and views and inserting rows into that in-memory database is allowed
+(no ATTACH, pragmas or extension functions), within ``SCHEMA_BUILD_TIMEOUT_S``; then the same
+guards as above apply.
+
 Every connection also carries the collation ``CASEFOLD`` (Unicode case-insensitive, Python's
 ``str.casefold``), which :func:`mlx_text2sql.metrics.case_insensitive_sql` uses for WikiSQL.
 
@@ -112,6 +118,11 @@ REFUSED_FIRST_KEYWORDS = frozenset({
 })
 
 _ALLOWED_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_RECURSIVE}
+
+_SCHEMA_BUILD_ACTIONS = {sqlite3.SQLITE_CREATE_TABLE, sqlite3.SQLITE_CREATE_INDEX,
+                         sqlite3.SQLITE_CREATE_VIEW, sqlite3.SQLITE_INSERT,
+                         sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_REINDEX}
+SCHEMA_BUILD_TIMEOUT_S = 10.0
 
 _ACTION_NAMES = {getattr(sqlite3, n): n[len("SQLITE_"):] for n in dir(sqlite3)
                  if n.startswith("SQLITE_") and n[len("SQLITE_"):] in {
@@ -289,6 +300,13 @@ class _Guard:
             self.denied = what
         return sqlite3.SQLITE_DENY
 
+    def authorize_schema_build(self, action: int, arg1, arg2, db_name, source) -> int:
+        """While a record's schema text builds an in-memory database: creating tables,
+        indexes and views and inserting rows in ``main`` is also allowed."""
+        if action in _SCHEMA_BUILD_ACTIONS and db_name in ("main", None):
+            return sqlite3.SQLITE_OK
+        return self.authorize(action, arg1, arg2, db_name, source)
+
     def progress(self) -> int:
         if self.deadline is not None and time.perf_counter() > self.deadline:
             self.timed_out = True
@@ -406,12 +424,24 @@ def _schema_connection(schema_sql: str) -> tuple[_Conn, str]:
         _cache.schemas.move_to_end(key)
         return cached, shown
     conn = sqlite3.connect(":memory:", isolation_level=None)
+    # The schema text comes from a data file: while it builds, only tables, indexes, views
+    # and rows in this in-memory database may be created (no ATTACH of a real file, no
+    # pragmas, no extensions), and a runaway INSERT ... SELECT is stopped by the clock.
+    build = _Guard()
+    build.deadline = time.perf_counter() + SCHEMA_BUILD_TIMEOUT_S
+    conn.set_authorizer(build.authorize_schema_build)
+    conn.set_progress_handler(build.progress, PROGRESS_EVERY)
     try:
         conn.executescript(schema_sql)
     except sqlite3.DatabaseError as e:
         conn.close()
-        raise SQLExecutionError(f"no database at {shown}: the schema does not build ({e})",
+        reason = f"{build.denied} is not allowed in a schema" if build.denied else str(e)
+        if build.timed_out:
+            reason = f"building it took more than {SCHEMA_BUILD_TIMEOUT_S:g} s"
+        raise SQLExecutionError(f"no database at {shown}: the schema does not build ({reason})",
                                 kind="no_database") from None
+    conn.set_authorizer(None)
+    conn.set_progress_handler(None, 0)
     entry = _Conn(conn, _harden(conn))
     _cache.schemas[key] = entry
     _evict(_cache.schemas, MAX_OPEN_CONNECTIONS)

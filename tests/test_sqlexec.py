@@ -304,6 +304,38 @@ def test_try_execute_returns_the_error_instead_of_raising(db):
     assert schema.ok and schema.result.columns == ["a"]
 
 
+@pytest.mark.parametrize("extra", [
+    "ATTACH DATABASE '{tmp}/from_schema.sqlite' AS other; CREATE TABLE other.t (a);",
+    "VACUUM INTO '{tmp}/from_schema.sqlite';",
+    "PRAGMA writable_schema = 1;",
+    "SELECT load_extension('{tmp}/evil.so');",
+    "CREATE TEMP TRIGGER tr AFTER INSERT ON t BEGIN SELECT 1; END;",
+])
+def test_schema_text_cannot_escape_its_in_memory_database(tmp_path, extra):
+    schema = "CREATE TABLE t (a INTEGER);\n" + extra.format(tmp=tmp_path)
+    with pytest.raises(SQLExecutionError) as info:
+        execute_on_schema(schema, "SELECT count(*) FROM t")
+    assert info.value.kind == "no_database" and "not allowed in a schema" in str(info.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_runaway_schema_build_is_stopped(monkeypatch):
+    monkeypatch.setattr(sqlexec, "SCHEMA_BUILD_TIMEOUT_S", 0.2)
+    schema = ("CREATE TABLE t (a INTEGER); INSERT INTO t WITH RECURSIVE r(n) AS "
+              "(SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT n FROM r;")
+    start = time.perf_counter()
+    with pytest.raises(SQLExecutionError) as info:
+        execute_on_schema(schema, "SELECT 1")
+    assert "took more than 0.2 s" in str(info.value) and time.perf_counter() - start < FAST
+
+
+def test_schema_with_rows_indexes_and_views_builds():
+    schema = ("CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT UNIQUE); CREATE INDEX i ON t(b);"
+              "CREATE VIEW v AS SELECT a FROM t; INSERT INTO t VALUES (1, 'x');\n"
+              "/* 1 example row from t: ... */")
+    assert execute_on_schema(schema, "SELECT a FROM v").rows == [(1,)]
+
+
 def test_schema_that_does_not_build_is_no_database():
     with pytest.raises(SQLExecutionError) as info:
         execute_on_schema("CREATE TABLE (broken", "SELECT 1")
