@@ -1,0 +1,366 @@
+"""``train``: fine-tune LoRA / DoRA / QLoRA adapters for Text-to-SQL.
+
+    python -m mlx_text2sql.train                      # SmolLM2-135M on data/, writes adapters/
+    python -m mlx_text2sql.train -c configs/wikisql.yaml --iters 300
+    python -m mlx_text2sql.train --resume             # continue from the last checkpoint
+
+Settings: command line > YAML (``-c``) > the defaults table in :mod:`mlx_text2sql.config`.
+Outputs in ``--adapter-path`` (default ``adapters/``): adapters.npz + adapter_config.json (the
+final adapter, also rewritten every ``--save-every`` steps), best/ (lowest validation loss),
+checkpoints/step-NNNNNN/ (adapter + optimizer + RNG + data position, for ``--resume``),
+train_config.yaml (the effective settings: ``-c`` it to rerun), log.jsonl, loss.png, summary.txt.
+
+Data parallel: ``mlx.launch -n 2 -m mlx_text2sql.train ...`` (or with --hosts): each process
+trains on its share of every batch, gradients are summed across processes, rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError, run_cli
+
+EXAMPLES = """\
+examples:
+  python -m mlx_text2sql.train                                  # defaults: smollm2-135m on data/
+  python -m mlx_text2sql.train --data data/spider --epochs 2 --lr 2e-4 --lora-layers 16
+  python -m mlx_text2sql.train --model mlx-community/TinyLlama-1.1B-Chat-v1.0-4bit --keep-quantized
+  python -m mlx_text2sql.train --model ./my-model --quantize 4        # QLoRA
+  python -m mlx_text2sql.train -c adapters/train_config.yaml --resume  # continue a run
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mlx-text2sql train", description=__doc__.split("\n\n")[0],
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # Every default is None: unset options fall through to the YAML file, then to DEFAULTS.
+    p.add_argument("-c", "--config", help="YAML file with settings (ours or mlx_lm's lora config keys)")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", help="smollm2-135m (default), a .gguf file, a model folder or a Hugging Face id")
+    g.add_argument("--chat-template", help="registry template overriding the tokenizer's (chatml, zephyr, mistral, ...)")
+    g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="dtype of dense weights (default float32)")
+    g.add_argument("--quantize", type=int, choices=[4, 8], help="quantize the base to 4 or 8 bits (QLoRA)")
+    g.add_argument("--group-size", type=int, help="quantization group size for --quantize (default 64)")
+    g.add_argument("--dequantize", action="store_true", default=None,
+                   help="train on a dense copy of a quantized model (the default on CPU)")
+    g.add_argument("--no-dequantize", "--keep-quantized", dest="dequantize", action="store_false",
+                   help="keep a quantized model quantized (QLoRA), even on CPU")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", help="folder with train.jsonl and valid.jsonl (default data/)")
+    g.add_argument("--max-seq-length", type=int, help="longest example in tokens (default 1024); "
+                   "longer ones get a trimmed schema or are skipped, never a cut SQL")
+    g.add_argument("--train-on-prompt", action="store_true", default=None,
+                   help="put loss on the prompt tokens too (default: on the SQL answer and its EOS only)")
+    g = p.add_argument_group("LoRA")
+    g.add_argument("--rank", type=int, help="LoRA rank (default 8)")
+    g.add_argument("--alpha", type=float, help="LoRA alpha; the update is scaled by alpha/rank (default 16)")
+    g.add_argument("--dropout", type=float, help="dropout on the LoRA input (default 0)")
+    g.add_argument("--targets", help="comma-separated module names (default: every linear layer of the blocks)")
+    g.add_argument("--lora-layers", type=int, help="adapt only the last N blocks (default: all)")
+    g.add_argument("--dora", action="store_true", default=None, help="DoRA instead of LoRA")
+    g = p.add_argument_group("schedule")
+    g.add_argument("--iters", type=int, help="optimizer steps (default 150)")
+    g.add_argument("--epochs", type=float, help="passes over the training set (instead of --iters)")
+    g.add_argument("--batch-size", type=int, help="examples per batch (default 4)")
+    g.add_argument("--grad-accum", type=int, help="batches per optimizer step (default 1)")
+    g.add_argument("--grad-checkpoint", action="store_true", default=None,
+                   help="recompute activations in the backward pass (less memory, ~30%% slower)")
+    g.add_argument("--lr", "--learning-rate", dest="lr", type=float, help="peak learning rate (default 5e-4)")
+    g.add_argument("--lr-schedule", choices=["constant", "cosine", "linear"], help="default cosine")
+    g.add_argument("--warmup", type=int, help="linear warm-up steps (default 10)")
+    g.add_argument("--min-lr", type=float, help="learning rate at the end of cosine/linear decay (default 0)")
+    g.add_argument("--optimizer", choices=["adam", "adamw"], help="default adamw")
+    g.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0)")
+    g.add_argument("--max-grad-norm", type=float, help="clip the gradient norm (default 1.0; 0 = off)")
+    g.add_argument("--seed", type=int, help="seed for LoRA init, dropout and data order (default 0)")
+    g = p.add_argument_group("validation, saving, reporting")
+    g.add_argument("--eval-every", type=int, help="validate every N steps (default 50)")
+    g.add_argument("--val-batches", type=int, help="validation batches per evaluation, -1 = all (default 8)")
+    g.add_argument("--early-stop", type=int, metavar="PATIENCE",
+                   help="stop after PATIENCE evaluations without a better validation metric")
+    g.add_argument("--best-metric", help="metric that selects adapters/best (default val_loss)")
+    g.add_argument("--adapter-path", "-o", help="output folder (default adapters/)")
+    g.add_argument("--save-every", type=int, help="save adapter + checkpoint every N steps (default 50)")
+    g.add_argument("--keep-checkpoints", type=int, help="newest checkpoints kept, 0 = all (default 3)")
+    g.add_argument("--resume", nargs="?", const="latest", metavar="PATH",
+                   help="continue from the newest checkpoint in --adapter-path, or from PATH "
+                        "(a checkpoint folder or an adapter folder)")
+    g.add_argument("--report-every", type=int, help="report loss every N steps (default 10)")
+    g.add_argument("--no-plot", dest="plot", action="store_false", default=None, help="skip loss.png")
+    g.add_argument("--no-compile", dest="compile", action="store_false", default=True,
+                   help="run the step uncompiled (debugging)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def settings(argv: list[str] | None) -> tuple[dict, argparse.Namespace, object | None]:
+    """Merge defaults, YAML, a resumed run's settings and the command line; validate.
+
+    Returns (config, parsed args, checkpoint path or None)."""
+    from . import config as C
+    from .tuner.trainer import latest_checkpoint
+
+    ns = build_parser().parse_args(argv)
+    cli = {k: v for k, v in vars(ns).items() if k in C.DEFAULTS and v is not None}
+    problems: list[str] = []
+    yaml_layer: dict = {}
+    if ns.config:
+        yaml_layer, problems = C.load_yaml(ns.config)
+    checkpoint = None
+    ck_layer: dict = {}
+    if ns.resume is not None or yaml_layer.get("resume"):
+        resume = ns.resume or yaml_layer.get("resume")
+        where = (cli.get("adapter_path") or yaml_layer.get("adapter_path") or C.DEFAULTS["adapter_path"]) \
+            if resume == "latest" else resume
+        checkpoint = latest_checkpoint(where)
+        if checkpoint is None:
+            problems.append(f"resume: no checkpoint found in {where} (checkpoints are written every --save-every steps)")
+        else:
+            import json
+
+            try:
+                saved = json.loads((checkpoint / "adapter_config.json").read_text()).get("train") or {}
+            except (OSError, ValueError) as e:
+                saved = {}
+                problems.append(f"resume: cannot read {checkpoint / 'adapter_config.json'}: {e}")
+            ck_layer = {k: v for k, v in saved.items() if k in C.DEFAULTS and k != "resume"}
+    if problems:
+        raise ConfigError(problems)
+    cfg = C.validate(C.merge(ck_layer, yaml_layer, cli))
+    if checkpoint is not None:
+        changed = [f"{k}: checkpoint has {ck_layer.get(k)!r}, this run {cfg.get(k)!r}"
+                   for k in C.RESUME_LOCKED if k in ck_layer and ck_layer.get(k) != cfg.get(k)]
+        if changed:
+            raise ConfigError([f"cannot resume {checkpoint} with different settings ({c})" for c in changed])
+    return cfg, ns, checkpoint
+
+
+@dataclass
+class TrainContext:
+    """What a metric factory (``tuner.trainer.register_metric``) gets to build its metric."""
+
+    loaded: object          # models.load.LoadedModel
+    config: dict
+    data_dir: Path
+    encoder: object         # tuner.data.Encoder
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def load_for_training(cfg: dict):
+    """Load the base model as the settings say; returns (LoadedModel, dequantized: bool)."""
+    import mlx.core as mx
+
+    from .models import load as load_mod
+
+    lm = load_mod.load_model(cfg["model"], dtype=cfg["dtype"], quantize=cfg["quantize"],
+                             group_size=cfg["group_size"], chat_template=cfg["chat_template"])
+    dequantized = False
+    if lm.quantization and not cfg["quantize"]:
+        want_dense = cfg["dequantize"]
+        if want_dense is None:
+            auto = getattr(load_mod, "default_train_dequantize", None)
+            want_dense = auto() if auto else mx.default_device().type == mx.DeviceType.cpu
+        if want_dense:
+            from mlx.utils import tree_map
+            from mlx_lm.utils import dequantize_model
+
+            dequantize_model(lm.model)
+            target = getattr(mx, cfg["dtype"])
+            lm.model.update(tree_map(lambda a: a.astype(target) if mx.issubdtype(a.dtype, mx.floating) else a,
+                                     lm.model.parameters()))
+            mx.eval(lm.model.parameters())
+            lm.config.pop("quantization", None)
+            lm.config.pop("quantization_config", None)
+            lm.quantization = None
+            dequantized = True
+        else:
+            log(f"[train] QLoRA: training adapters over the {lm.quantization.get('bits')}-bit base")
+    return lm, dequantized
+
+
+def _prompt_settings(cfg: dict, lm, data_dir: Path) -> dict:
+    import json
+
+    from .prompts import SYSTEM_PROMPT
+
+    out = {"system_prompt": SYSTEM_PROMPT, "template": lm.template, "eos": lm.eos, "stop": list(lm.stop),
+           "train_on_prompt": cfg["train_on_prompt"], "max_seq_length": cfg["max_seq_length"]}
+    report = data_dir / "convert_report.json"
+    if report.is_file():
+        try:
+            conv = json.loads(report.read_text()).get("settings") or {}
+            out["sample_rows"] = conv.get("sample_rows")
+            out["convert"] = conv
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .blas import ensure_fast_blas
+
+    ensure_fast_blas()
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cfg, ns, checkpoint = settings(argv)
+
+    import mlx.core as mx
+    import yaml
+
+    from . import __version__
+    from .errors import TrainingError
+    from .jsonl import atomic_open
+    from .tuner.callbacks import JsonlLog, ProgressBar, read_log
+    from .tuner.data import Encoder, epoch_batches, load_split
+    from .tuner.lora import apply_lora
+    from .tuner.plot import plot_losses
+    from .tuner.trainer import (METRIC_FACTORIES, TrainArgs, ValLoss, load_checkpoint, make_loss,
+                                make_optimizer, train)
+
+    world = mx.distributed.init()
+    rank = world.rank()
+    say = log if rank == 0 else (lambda _m: None)
+    started = time.perf_counter()
+
+    # --- model + adapters
+    mx.random.seed(cfg["seed"])
+    lm, dequantized = load_for_training(cfg)
+    n_trainable = apply_lora(lm.model, rank=cfg["rank"], alpha=cfg["alpha"], dropout=cfg["dropout"],
+                             targets=cfg["targets"], num_layers=cfg["lora_layers"], dora=cfg["dora"])
+    from mlx.utils import tree_flatten
+
+    n_total = sum(v.size for k, v in tree_flatten(lm.model.parameters())
+                  if not k.endswith(("lora_a", "lora_b", ".m")))
+    say(f"[train] {cfg['model']}: {'DoRA' if cfg['dora'] else 'LoRA'} rank {cfg['rank']}, alpha {cfg['alpha']:g} "
+        f"-> trainable parameters: {n_trainable:,} ({100 * n_trainable / max(n_total, 1):.3f}% of {n_total:,})")
+
+    # --- data
+    data_dir = Path(cfg["data"])
+    encoder = Encoder(lm.tokenizer, lm.eos, cfg["max_seq_length"], cfg["train_on_prompt"])
+    train_set = load_split(data_dir / "train.jsonl", encoder)
+    say("[train] " + train_set.stats.describe(str(data_dir / "train.jsonl")))
+    val_path = data_dir / "valid.jsonl"
+    val_set = load_split(val_path, encoder) if val_path.is_file() else None
+    if val_set is not None:
+        say("[train] " + val_set.stats.describe(str(val_path)))
+    else:
+        say(f"[train] no {val_path}: training without validation (adapters/best is not written)")
+    if len(train_set) < cfg["batch_size"]:
+        raise TrainingError(f"{data_dir / 'train.jsonl'} has {len(train_set)} usable examples, fewer than "
+                            f"--batch-size {cfg['batch_size']}")
+    batches_per_epoch = len(epoch_batches(train_set.lengths, cfg["batch_size"], cfg["seed"], 0))
+    steps_per_epoch = max(1, batches_per_epoch // cfg["grad_accum"])
+    total = cfg["iters"] or max(1, math.ceil(cfg["epochs"] * steps_per_epoch))
+    say(f"[train] {total} steps of {cfg['batch_size']} x {cfg['grad_accum']} examples "
+        f"({total / steps_per_epoch:.2f} epochs of {steps_per_epoch} steps)")
+
+    # --- loss and metrics
+    loss = make_loss(lm.model)
+    if not loss.answer_only_head:
+        say("[train] this architecture's output head does not split from its body: computing full logits")
+    metrics = []
+    if val_set is not None and len(val_set):
+        metrics.append(ValLoss(loss, val_set, cfg["batch_size"], cfg["val_batches"], cfg["train_on_prompt"],
+                               world=world))
+    ctx = TrainContext(loaded=lm, config=cfg, data_dir=data_dir, encoder=encoder)
+    if cfg["best_metric"] != "val_loss":
+        if cfg["best_metric"] not in METRIC_FACTORIES:
+            raise ConfigError(f"best_metric {cfg['best_metric']!r} is not available; known: "
+                              f"{', '.join(['val_loss', *METRIC_FACTORIES])}")
+        metrics.append(METRIC_FACTORIES[cfg["best_metric"]](ctx))
+
+    # --- optimizer, resume
+    optimizer = make_optimizer(cfg["optimizer"], cfg["lr"], schedule=cfg["lr_schedule"], warmup=cfg["warmup"],
+                               total=total, min_lr=cfg["min_lr"], weight_decay=cfg["weight_decay"])
+    start = None
+    if checkpoint is not None:
+        start = load_checkpoint(lm.model, optimizer, checkpoint)
+        say(f"[train] resumed from {checkpoint} at step {start.step} (epoch {start.epoch}, batch {start.position})")
+        if start.step >= total:
+            say(f"[train] the checkpoint is already at step {start.step} of {total}: raise --iters to train more")
+
+    adapter_path = Path(cfg["adapter_path"])
+    run_config = {k: v for k, v in cfg.items() if k != "resume"}
+    adapter_config = {
+        "base_model": cfg["model"],
+        "chat_template": lm.template if cfg["chat_template"] is None else cfg["chat_template"],
+        "dtype": cfg["dtype"],
+        "dequantized": dequantized,
+        "quantization": lm.quantization,
+        "quantize": {"bits": cfg["quantize"], "group_size": cfg["group_size"]} if cfg["quantize"] else None,
+        "prompt": _prompt_settings(cfg, lm, data_dir),
+        "total_steps": total,
+        "train": run_config,
+    }
+    if rank == 0:
+        adapter_path.mkdir(parents=True, exist_ok=True)
+        with atomic_open(adapter_path / "train_config.yaml") as f:
+            f.write(f"# effective settings of this run (mlx-text2sql {__version__}); "
+                    f"rerun with: python -m mlx_text2sql.train -c {adapter_path / 'train_config.yaml'}\n")
+            yaml.safe_dump(run_config, f, sort_keys=False)
+
+    args = TrainArgs(
+        iters=total, batch_size=cfg["batch_size"], grad_accum=cfg["grad_accum"],
+        max_grad_norm=cfg["max_grad_norm"], grad_checkpoint=cfg["grad_checkpoint"],
+        train_on_prompt=cfg["train_on_prompt"], eval_every=cfg["eval_every"], val_batches=cfg["val_batches"],
+        early_stop=cfg["early_stop"], best_metric=cfg["best_metric"], save_every=cfg["save_every"],
+        keep_checkpoints=cfg["keep_checkpoints"], report_every=cfg["report_every"], seed=cfg["seed"],
+        adapter_path=str(adapter_path), compile=ns.compile)
+    callbacks = []
+    if rank == 0:
+        callbacks.append(JsonlLog(adapter_path / "log.jsonl", keep_until=start.step if start else None))
+        callbacks.append(ProgressBar(total, initial=start.step if start else 0, disable=True if ns.quiet else None))
+    result = train(lm.model, optimizer, train_set, args, loss=loss, metrics=metrics, callbacks=callbacks,
+                   adapter_config=adapter_config, start=start)
+
+    if rank != 0:
+        return 0
+    records = read_log(adapter_path / "log.jsonl")
+    if cfg["plot"]:
+        plot_losses(records, adapter_path / "loss.png",
+                    title=f"{Path(str(cfg['model'])).name}: LoRA r{cfg['rank']} on {data_dir}")
+    summary = _summary(cfg, result, records, train_set, adapter_path, total, time.perf_counter() - started)
+    with atomic_open(adapter_path / "summary.txt") as f:
+        f.write(summary + "\n")
+    print(summary)
+    return 0
+
+
+def _summary(cfg, result, records, train_set, adapter_path: Path, total: int, wall: float) -> str:
+    st = result.state
+    train_losses = [r["loss"] for r in records if r.get("type") == "train"]
+    vals = [(r["step"], r["val_loss"]) for r in records if r.get("type") == "eval" and "val_loss" in r]
+    tps = st.tokens / st.seconds if st.seconds else 0.0
+    text = (f"Trained {'DoRA' if cfg['dora'] else 'LoRA'} rank {cfg['rank']} adapters for {cfg['model']} on "
+            f"{len(train_set)} examples from {cfg['data']}: {st.step} of {total} steps "
+            f"({st.tokens:,} tokens at {tps:.0f} tokens/s; {wall / 60:.1f} min in all).")
+    if train_losses:
+        text += f" Training loss went from {train_losses[0]:.3f} to {train_losses[-1]:.3f}."
+    if vals:
+        text += f" Validation loss {vals[0][1]:.3f} at step {vals[0][0]} -> {vals[-1][1]:.3f} at step {vals[-1][0]}"
+        if st.best_step is not None:
+            text += (f"; the best {cfg['best_metric']} ({st.best_value:.4f}, step {st.best_step}) "
+                     f"is in {adapter_path / 'best'}")
+        text += "."
+    if result.stopped_early:
+        text += f" Stopped early: {cfg['early_stop']} evaluations without improvement."
+    text += (f" Final adapter: {adapter_path} (for generate, evaluate and fuse); "
+             f"loss curve: {adapter_path / 'loss.png'}.")
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,392 @@
+"""Training data: JSONL records -> token sequences with an answer boundary -> padded batches.
+
+Three record forms are read (those ``convert`` writes, plus mlx_lm's):
+
+- ``{"messages": [system, user, assistant], ...}`` (or ``question`` + ``schema`` + ``sql``):
+  the model's chat template is applied;
+- ``{"prompt": ..., "completion": ...}``: a prompt already in the template is used as is,
+  otherwise it becomes the user turn;
+- ``{"text": ...}``: fully templated text; when the record also has ``sql`` the answer starts
+  where that SQL does, otherwise every token is trained on.
+
+The loss falls on the answer only (the SQL and the turn end) unless ``train_on_prompt``. The
+prompt/answer boundary is found by tokenizing the templated prompt (with the generation prompt)
+and the full conversation and checking that one is a prefix of the other; when a merge across
+the boundary breaks that, the sequence is rebuilt as prompt tokens + answer tokens, which is
+what the model sees at generation time. The answer always ends with the EOS the model must learn
+(``LoadedModel.eos``), and nothing after it. Examples longer than ``max_seq_length`` get their
+schema trimmed (sample rows first, then tables the SQL does not use); the SQL is never cut:
+an example that still does not fit is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError, TrainingError
+from ..jsonl import iter_jsonl
+from ..prompts import SYSTEM_PROMPT, user_message
+
+
+@dataclass
+class Sample:
+    """One tokenized example. ``tokens[prompt_len:]`` is the answer (ending with the EOS)."""
+
+    tokens: np.ndarray  # (T,) int32
+    prompt_len: int
+    where: str = ""  # file:line
+
+
+@dataclass
+class DataStats:
+    records: int = 0
+    used: int = 0
+    trimmed: int = 0            # schema shortened to fit max_seq_length
+    too_long: list[str] = field(default_factory=list)  # file:line of skipped examples
+    no_boundary: int = 0        # text records without a findable answer: trained on every token
+    retokenized: int = 0        # boundary merge: rebuilt as prompt tokens + answer tokens
+    tokens: int = 0
+    answer_tokens: int = 0
+
+    def describe(self, name: str) -> str:
+        parts = [f"{name}: {self.used} examples, {self.tokens:,} tokens ({self.answer_tokens:,} trained on)"]
+        if self.trimmed:
+            parts.append(f"{self.trimmed} with a trimmed schema")
+        if self.too_long:
+            parts.append(f"{len(self.too_long)} skipped as too long even with a trimmed schema "
+                         f"(first: {self.too_long[0]})")
+        if self.no_boundary:
+            parts.append(f"{self.no_boundary} text records without 'sql' trained on every token")
+        return "; ".join(parts)
+
+
+@dataclass
+class TokenizedSet:
+    samples: list[Sample]
+    stats: DataStats
+    path: str = ""
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([len(s.tokens) for s in self.samples], dtype=np.int64)
+
+
+class Encoder:
+    """Turns records into :class:`Sample` for one tokenizer and chat template.
+
+    tokenizer: a Hugging Face tokenizer (or mlx_lm's wrapper) with ``apply_chat_template``.
+    eos: the string that ends an assistant turn (``LoadedModel.eos``).
+    """
+
+    def __init__(self, tokenizer, eos: str, max_seq_length: int = 1024, train_on_prompt: bool = False):
+        self.tok = getattr(tokenizer, "_tokenizer", tokenizer)
+        self.eos = eos or (self.tok.eos_token or "")
+        if not self.eos:
+            raise TrainingError("the tokenizer has no EOS token and the chat template no turn end: "
+                                "give --chat-template so the model can learn where an answer stops")
+        self.max_seq_length = max_seq_length
+        self.train_on_prompt = train_on_prompt
+        self.eos_ids = self.encode(self.eos)
+        bos = self.tok.bos_token
+        # As mlx_lm's generate does: let the tokenizer add its specials (BOS) unless the
+        # templated text starts with the BOS already.
+        self._bos = bos
+        self._gen_suffix = self._generation_suffix()
+
+    # -- tokenization
+    def encode(self, text: str) -> list[int]:
+        return list(self.tok.encode(text, add_special_tokens=False))
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """Tokens of a templated prompt, as generation encodes it."""
+        add = self._bos is None or not text.startswith(self._bos)
+        return list(self.tok.encode(text, add_special_tokens=add))
+
+    def chat(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        return self.tok.apply_chat_template(messages, tokenize=False,
+                                            add_generation_prompt=add_generation_prompt)
+
+    def _generation_suffix(self) -> str:
+        """What the template puts after a user message when a reply is wanted."""
+        mark = "XQZUSERQZX"
+        text = self.chat([{"role": "user", "content": mark}], add_generation_prompt=True)
+        return text.split(mark, 1)[1] if mark in text else ""
+
+    # -- records
+    def encode_record(self, rec: dict, where: str) -> tuple[Sample | None, str]:
+        """A Sample (or None when too long even trimmed) and what happened: 'ok', 'trimmed',
+        'too_long', 'no_boundary', 'retokenized'."""
+        if "messages" in rec or ("question" in rec and "schema" in rec and "text" not in rec
+                                 and "prompt" not in rec):
+            return self._from_messages(self._messages(rec, where), rec, where)
+        if "prompt" in rec and "completion" in rec:
+            prompt, completion = rec["prompt"], rec["completion"]
+            if not isinstance(prompt, str) or not isinstance(completion, str) or not completion.strip():
+                raise InputError("'prompt' and 'completion' must be strings, the completion non-empty",
+                                 *_split_where(where))
+            if self._gen_suffix.strip() and prompt.rstrip().endswith(self._gen_suffix.strip()):
+                return self._from_texts(prompt, completion, where)
+            msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+            # A prompt convert built from question + schema gets the system prompt generation uses.
+            if isinstance(rec.get("question"), str) and isinstance(rec.get("schema"), str) \
+                    and prompt == user_message(rec["question"], rec["schema"]):
+                msgs.insert(0, {"role": "system", "content": SYSTEM_PROMPT})
+            return self._from_messages(msgs, rec, where)
+        if "text" in rec:
+            text = rec["text"]
+            if not isinstance(text, str) or not text.strip():
+                raise InputError("'text' must be a non-empty string", *_split_where(where))
+            sql = rec.get("sql")
+            pos = text.rfind(sql.strip()) if isinstance(sql, str) and sql.strip() else -1
+            if pos <= 0:
+                return self._whole_text(text, where)
+            return self._from_texts(text[:pos], text[pos:], where)
+        raise InputError("record has none of 'messages', 'question'+'schema', 'prompt'+'completion', 'text'",
+                         *_split_where(where))
+
+    def _messages(self, rec: dict, where: str) -> list[dict]:
+        if "messages" in rec:
+            msgs = rec["messages"]
+            if not isinstance(msgs, list) or not msgs or not all(
+                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                    for m in msgs):
+                raise InputError("'messages' must be a list of {role, content} strings", *_split_where(where))
+            if msgs[-1]["role"] != "assistant" or not msgs[-1]["content"].strip():
+                raise InputError("the last message must be a non-empty assistant turn (the SQL to learn)",
+                                 *_split_where(where))
+            if len(msgs) < 2:
+                raise InputError("'messages' needs a prompt turn before the assistant turn", *_split_where(where))
+            return [dict(m) for m in msgs]
+        q, schema, sql = rec.get("question"), rec.get("schema"), rec.get("sql")
+        if not all(isinstance(x, str) for x in (q, schema, sql)) or not sql.strip():
+            raise InputError("a question+schema record needs string 'question', 'schema' and non-empty 'sql'",
+                             *_split_where(where))
+        from ..prompts import build_messages
+
+        return build_messages(q, schema, sql)
+
+    def _from_messages(self, msgs: list[dict], rec: dict, where: str) -> tuple[Sample | None, str]:
+        sample, status = self._encode_messages(msgs, where)
+        if sample is not None and len(sample.tokens) <= self.max_seq_length:
+            return sample, status
+        # Too long: shorter schemas, in order of how much they keep.
+        user_i = max(i for i, m in enumerate(msgs) if m["role"] != "assistant")
+        content = msgs[user_i]["content"]
+        schema = rec.get("schema") if isinstance(rec.get("schema"), str) and rec["schema"] in content else None
+        if schema is None:
+            m = re.search(r"Schema:\n(.*?)\n\nQuestion:", content, re.S)
+            schema = m.group(1) if m else None
+        if not schema:
+            return None, "too_long"
+        sql = msgs[-1]["content"]
+        for smaller in trimmed_schemas(schema, sql):
+            trial = [dict(m) for m in msgs]
+            trial[user_i]["content"] = content.replace(schema, smaller, 1)
+            sample, status = self._encode_messages(trial, where)
+            if len(sample.tokens) <= self.max_seq_length:
+                return sample, "trimmed"
+        return None, "too_long"
+
+    def _encode_messages(self, msgs: list[dict], where: str) -> tuple[Sample, str]:
+        prompt = self.chat(msgs[:-1], add_generation_prompt=True)
+        full = self.chat(msgs)
+        if full.startswith(prompt):
+            return self._from_texts(prompt, full[len(prompt):], where)
+        # A template that renders the generation prompt differently from a finished turn:
+        # train on what generation sees, the prompt followed by the answer and the EOS.
+        return self._from_texts(prompt, msgs[-1]["content"], where)
+
+    def _from_texts(self, prompt: str, answer: str, where: str) -> tuple[Sample, str]:
+        """Join a templated prompt and its answer text (cut right after the turn's EOS, or the
+        EOS appended when the answer has none)."""
+        cut = answer.find(self.eos)
+        answer = answer[: cut + len(self.eos)] if cut >= 0 else answer.rstrip() + self.eos
+        prompt_ids = self.encode_prompt(prompt)
+        full_ids = self.encode_prompt(prompt + answer)
+        status = "ok"
+        if full_ids[: len(prompt_ids)] != prompt_ids:
+            full_ids = prompt_ids + self.encode(answer)
+            status = "retokenized"
+        if full_ids[-len(self.eos_ids):] != self.eos_ids:
+            full_ids = full_ids + self.eos_ids
+        return Sample(np.asarray(full_ids, dtype=np.int32), len(prompt_ids), where), status
+
+    def _whole_text(self, text: str, where: str) -> tuple[Sample | None, str]:
+        ids = self.encode_prompt(text)
+        if ids[-len(self.eos_ids):] != self.eos_ids:
+            ids = ids + self.eos_ids
+        if len(ids) > self.max_seq_length:
+            return None, "too_long"
+        # No answer boundary: every token after the first is a target.
+        return Sample(np.asarray(ids, dtype=np.int32), 1, where), "no_boundary"
+
+
+def _split_where(where: str) -> tuple[str | None, int | None]:
+    path, _, line = where.rpartition(":")
+    if path and line.isdigit():
+        return path, int(line)
+    return where or None, None
+
+
+# --------------------------------------------------------------------------- schema trimming
+
+_CREATE = re.compile(r"(?im)(?:^|(?<=;))\s*CREATE\s+TABLE\b")
+_ROWS_COMMENT = re.compile(r"\n?/\*.*?\*/", re.S)
+_TABLE_NAME = re.compile(r"(?is)CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?"
+                         r"(\"(?:[^\"]|\"\")+\"|`[^`]+`|\[[^\]]+\]|[^\s(]+)")
+
+
+def split_tables(schema: str) -> list[str]:
+    """The schema's CREATE TABLE statements (each with its sample-row comment)."""
+    starts = [m.start() for m in _CREATE.finditer(schema)]
+    if not starts:
+        return [schema]
+    starts[0] = 0
+    return [schema[a:b].strip() for a, b in zip(starts, starts[1:] + [len(schema)]) if schema[a:b].strip()]
+
+
+def table_name(statement: str) -> str | None:
+    m = _TABLE_NAME.search(statement)
+    if not m:
+        return None
+    name = m.group(1)
+    if name[0] in "\"`[":
+        name = name[1:-1].replace('""', '"')
+    return name
+
+
+def _mentions(sql: str, name: str) -> bool:
+    return re.search(r"(?<![\w])" + re.escape(name.lower()) + r"(?![\w])", sql.lower()) is not None
+
+
+def trimmed_schemas(schema: str, sql: str) -> list[str]:
+    """Shorter versions of ``schema``, most complete first: without sample rows; only the
+    tables the SQL names (with rows, then without). Each is kept only if it is shorter."""
+    no_rows = _ROWS_COMMENT.sub("", schema).strip()
+    tables = split_tables(schema)
+    used = [t for t in tables if (n := table_name(t)) is None or _mentions(sql, n)]
+    out = []
+    for cand in (no_rows, "\n\n".join(used), _ROWS_COMMENT.sub("", "\n\n".join(used)).strip()):
+        if cand and len(cand) < len(schema) and cand not in out:
+            out.append(cand)
+    return out
+
+
+# --------------------------------------------------------------------------- loading
+
+def load_split(path: str | Path, encoder: Encoder) -> TokenizedSet:
+    """Tokenize every record of a JSONL file; malformed lines raise InputError (file:line)."""
+    path = Path(path)
+    stats = DataStats()
+    samples = []
+    for lineno, rec in iter_jsonl(path):
+        stats.records += 1
+        where = f"{path}:{lineno}"
+        sample, status = encoder.encode_record(rec, where)
+        if sample is None:
+            stats.too_long.append(where)
+            continue
+        if status == "trimmed":
+            stats.trimmed += 1
+        elif status == "no_boundary":
+            stats.no_boundary += 1
+        elif status == "retokenized":
+            stats.retokenized += 1
+        samples.append(sample)
+        stats.tokens += len(sample.tokens)
+        start = 1 if encoder.train_on_prompt else sample.prompt_len
+        stats.answer_tokens += len(sample.tokens) - start
+    stats.used = len(samples)
+    return TokenizedSet(samples, stats, str(path))
+
+
+# --------------------------------------------------------------------------- batching
+
+@dataclass
+class Batch:
+    """A padded batch, with the answer positions gathered for the loss.
+
+    inputs:  (B, L) int32 token ids (the sequences without their last token), zero-padded;
+             L is rounded up to a multiple of ``pad_to`` so few shapes need compiling.
+    index:   (N,) int32 flat positions into (B * L) whose next token carries loss; N is rounded
+             up to a multiple of ``pad_to`` with dummy positions of weight 0.
+    targets: (N,) int32 the token to predict at each position; weights: (N,) float32 1 or 0.
+    tokens:  real (non-padding) tokens in the batch; loss_tokens: positions with loss.
+    """
+
+    inputs: np.ndarray
+    index: np.ndarray
+    targets: np.ndarray
+    weights: np.ndarray
+    tokens: int
+    loss_tokens: int
+
+
+def round_up(n: int, multiple: int) -> int:
+    return max(multiple, -(-n // multiple) * multiple)
+
+
+def collate(samples: list[Sample], train_on_prompt: bool = False, pad_to: int = 16,
+            pad_id: int = 0) -> Batch:
+    inputs_len = [len(s.tokens) - 1 for s in samples]
+    L = round_up(max(inputs_len), pad_to)
+    inputs = np.full((len(samples), L), pad_id, dtype=np.int32)
+    index, targets = [], []
+    for b, s in enumerate(samples):
+        n = inputs_len[b]
+        inputs[b, :n] = s.tokens[:-1]
+        # Position t predicts token t+1: the answer tokens tokens[prompt_len:] are predicted at
+        # positions prompt_len-1 ... n-1.
+        first = 0 if train_on_prompt else max(s.prompt_len - 1, 0)
+        index.append(b * L + np.arange(first, n, dtype=np.int32))
+        targets.append(s.tokens[first + 1: n + 1])
+    index = np.concatenate(index)
+    targets = np.concatenate(targets).astype(np.int32)
+    n_loss = len(index)
+    N = round_up(n_loss, pad_to)
+    weights = np.zeros(N, dtype=np.float32)
+    weights[:n_loss] = 1.0
+    index = np.pad(index, (0, N - n_loss))
+    targets = np.pad(targets, (0, N - n_loss))
+    return Batch(inputs, index.astype(np.int32), targets, weights, int(sum(inputs_len) + len(samples)), n_loss)
+
+
+def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
+                  bucket: int = 32) -> list[np.ndarray]:
+    """The batches of one epoch as index arrays, a pure function of (seed, epoch).
+
+    Length bucketing: the shuffled examples are cut into windows of ``bucket`` batches, each
+    window is sorted by length and cut into batches (so a batch holds similar lengths and little
+    padding), and the batch order is shuffled. Incomplete batches are dropped (at most
+    batch_size - 1 examples per epoch), so every batch has the same size.
+    """
+    n = len(lengths)
+    rng = np.random.default_rng([seed, epoch])
+    perm = rng.permutation(n)
+    window = batch_size * bucket
+    batches = []
+    for i in range(0, n, window):
+        part = perm[i: i + window]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[j: j + batch_size] for j in range(0, len(part) - batch_size + 1, batch_size)]
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order]
+
+
+def eval_batches(lengths: np.ndarray, batch_size: int, limit: int) -> list[np.ndarray]:
+    """Fixed validation batches (the same at every evaluation, so losses compare): the set
+    sorted by length and cut into batches; with a ``limit``, batches spread evenly over the
+    lengths so short and long examples are both measured. The last batch may be partial."""
+    order = np.argsort(lengths, kind="stable")
+    batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    if limit is not None and 0 < limit < len(batches):
+        pick = np.linspace(0, len(batches) - 1, limit).round().astype(int)
+        batches = [batches[i] for i in sorted(set(pick.tolist()))]
+    return batches

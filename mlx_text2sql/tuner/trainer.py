@@ -1,0 +1,562 @@
+"""The training loop: a compiled step on MLX primitives, one readable :func:`train`, callbacks.
+
+What makes a step cheap (on a CPU especially):
+
+- The vocabulary projection runs only where there is loss. The model body gives hidden states
+  (B, L, D); the answer positions (N of them, N << B*L when the loss is on the SQL only) are
+  gathered to (N, D) and only those go through ``lm_head`` (or the tied embedding's
+  ``as_linear``), so the (B*L, V) logits and their softmax are never built.
+- Batches hold examples of similar length (see :func:`.data.epoch_batches`) padded to a multiple
+  of 16, and padding positions are never projected.
+- One host sync per optimizer step (to check the loss is finite); reports read accumulated
+  values.
+
+Gradients are of the summed token loss and divided by the token count of the whole optimizer
+step (all micro-batches, all processes), so gradient accumulation and data parallelism give
+exactly the gradient of the combined batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_map, tree_map_with_path
+
+from ..errors import TrainingError
+from ..jsonl import write_json
+from .data import TokenizedSet, collate, epoch_batches, eval_batches
+from .lora import save_adapter
+
+
+@dataclass
+class TrainArgs:
+    """The loop's settings (a narrow view of the full config)."""
+
+    iters: int                           # optimizer steps
+    batch_size: int = 4                  # examples per micro-batch, over all processes
+    grad_accum: int = 1                  # micro-batches per optimizer step
+    max_grad_norm: float | None = 1.0
+    grad_checkpoint: bool = False
+    train_on_prompt: bool = False
+    eval_every: int = 50
+    val_batches: int = 8                 # -1: the whole validation set
+    early_stop: int | None = None        # evaluations without improvement before stopping
+    best_metric: str = "val_loss"
+    save_every: int = 50
+    keep_checkpoints: int = 3
+    report_every: int = 10
+    seed: int = 0
+    adapter_path: str = "adapters"
+    pad_to: int = 16
+    compile: bool = True
+
+
+# --------------------------------------------------------------------------- loss
+
+def split_head(model) -> tuple[Callable, Callable] | None:
+    """(body, head) such that ``head(body(x)) == model(x)``, or None when the architecture does
+    not split that way (extra logit scaling, soft-capping, ...). Checked numerically once."""
+    inner = getattr(model, "model", None)
+    if inner is None or not isinstance(inner, nn.Module):
+        return None
+    if "lm_head" in model:
+        def head(h):
+            return model.lm_head(h)
+    elif "embed_tokens" in inner:
+        def head(h):
+            return inner.embed_tokens.as_linear(h)
+    else:
+        return None
+
+    def body(x):
+        return inner(x)
+
+    x = mx.array([[1, 2, 3, 4, 5, 6, 7, 8]], dtype=mx.int32)
+    try:
+        ref = model(x)
+        got = head(body(x))
+        mx.eval(ref, got)
+    except Exception:
+        return None
+    if ref.shape != got.shape or not mx.allclose(ref, got, rtol=1e-4, atol=1e-4).item():
+        return None
+    return body, head
+
+
+def make_loss(model) -> Callable:
+    """``loss(model, inputs, index, targets, weights) -> (summed cross-entropy, token count)``.
+
+    inputs (B, L) int32; index (N,) flat positions into B*L; targets (N,); weights (N,) 0/1.
+    """
+    split = split_head(model)
+
+    if split is not None:
+        body, head = split
+
+        def logits_at(model, inputs, index):
+            h = body(inputs)                         # (B, L, D)
+            h = h.reshape(-1, h.shape[-1])[index]    # (N, D): only positions with loss
+            return head(h)                           # (N, V)
+    else:
+        def logits_at(model, inputs, index):
+            logits = model(inputs)                   # (B, L, V)
+            return logits.reshape(-1, logits.shape[-1])[index]
+
+    def loss(model, inputs, index, targets, weights):
+        logits = logits_at(model, inputs, index).astype(mx.float32)
+        ce = nn.losses.cross_entropy(logits, targets) * weights
+        return ce.sum(), weights.sum()
+
+    loss.answer_only_head = split is not None
+    return loss
+
+
+# --------------------------------------------------------------------------- schedule
+
+def make_optimizer(name: str, lr: float, *, schedule: str = "constant", warmup: int = 0,
+                   total: int = 1, min_lr: float = 0.0, weight_decay: float = 0.0):
+    """Adam or AdamW with a learning-rate schedule: linear warm-up over ``warmup`` steps, then
+    constant, cosine or linear decay to ``min_lr`` at step ``total``."""
+    sched = lr_schedule(lr, schedule=schedule, warmup=warmup, total=total, min_lr=min_lr)
+    if name == "adamw":
+        return optim.AdamW(learning_rate=sched, weight_decay=weight_decay)
+    if name == "adam":
+        return optim.Adam(learning_rate=sched)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def lr_schedule(lr: float, *, schedule: str = "constant", warmup: int = 0, total: int = 1,
+                min_lr: float = 0.0) -> Callable:
+    """The learning rate at optimizer step s (0-based) as an MLX function of s."""
+    decay_steps = max(1, total - warmup)
+
+    def fn(step):
+        s = step.astype(mx.float32) if isinstance(step, mx.array) else mx.array(step, mx.float32)
+        p = mx.clip((s - warmup) / decay_steps, 0.0, 1.0)
+        if schedule == "cosine":
+            rate = min_lr + (lr - min_lr) * 0.5 * (1.0 + mx.cos(math.pi * p))
+        elif schedule == "linear":
+            rate = lr + (min_lr - lr) * p
+        else:
+            rate = mx.array(lr, mx.float32)
+        if warmup > 0:
+            rate = rate * mx.minimum(1.0, (s + 1.0) / warmup)
+        return rate
+
+    return fn
+
+
+# --------------------------------------------------------------------------- metrics & callbacks
+
+class Metric(Protocol):
+    """A number computed on the model during training; the best one picks ``adapters/best``."""
+
+    name: str
+    higher_is_better: bool
+
+    def __call__(self, model) -> float: ...
+
+
+class ValLoss:
+    """Mean answer-token cross-entropy on fixed batches of the validation set."""
+
+    name = "val_loss"
+    higher_is_better = False
+
+    def __init__(self, loss_fn, val_set: TokenizedSet, batch_size: int, val_batches: int,
+                 train_on_prompt: bool = False, pad_to: int = 16, world=None):
+        self.loss_fn = loss_fn
+        self.val_set = val_set
+        self.world = world
+        size = world.size() if world is not None else 1
+        self.rank = world.rank() if world is not None else 0
+        self.size = size
+        self.batches = eval_batches(val_set.lengths, batch_size, None if val_batches == -1 else val_batches)
+        self.train_on_prompt = train_on_prompt
+        self.pad_to = pad_to
+        self._fn = None
+
+    def __call__(self, model) -> float:
+        if self._fn is None:
+            self._fn = mx.compile(partial(self.loss_fn, model), inputs=model.state)
+        total = mx.array(0.0)
+        count = mx.array(0.0)
+        for idx in self.batches:
+            mine = idx[self.rank::self.size]
+            if len(mine) == 0:
+                continue
+            b = collate([self.val_set.samples[i] for i in mine], self.train_on_prompt, self.pad_to)
+            s, n = self._fn(mx.array(b.inputs), mx.array(b.index), mx.array(b.targets), mx.array(b.weights))
+            total, count = total + s, count + n
+            mx.eval(total, count)
+        if self.size > 1:
+            both = mx.distributed.all_sum(mx.stack([total, count]), stream=mx.cpu)
+            total, count = both[0], both[1]
+        return float((total / mx.maximum(count, 1.0)).item())
+
+
+# A registry of metrics the trainer can pick the best adapter by. Another module adds its own
+# with register_metric("exec_acc", factory); factory(context) -> Metric, where context holds
+# the loaded model, tokenizer, config and data folder (see train.py).
+METRIC_FACTORIES: dict[str, Callable[[Any], Metric]] = {}
+
+
+def register_metric(name: str, factory: Callable[[Any], Metric]) -> None:
+    METRIC_FACTORIES[name] = factory
+
+
+class Callback:
+    """Hooks the loop calls; override what you need. ``info`` dicts are JSON-ready."""
+
+    def on_start(self, info: dict) -> None: ...
+    def on_step(self, step: int) -> None: ...
+    def on_report(self, info: dict) -> None: ...
+    def on_eval(self, info: dict) -> None: ...
+    def on_save(self, info: dict) -> None: ...
+    def on_end(self, info: dict) -> None: ...
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class LoopState:
+    """Where a run is: enough, with the weights and optimizer state, to continue exactly."""
+
+    step: int = 0            # optimizer steps done
+    epoch: int = 0           # current pass over the data
+    position: int = 0        # batches of the current epoch already consumed
+    best_value: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0       # evaluations since the best one
+    tokens: int = 0          # real tokens trained on so far
+    seconds: float = 0.0     # training time so far
+
+
+def checkpoint_dir(adapter_path, step: int) -> Path:
+    return Path(adapter_path) / CHECKPOINTS / f"step-{step:06d}"
+
+
+def latest_checkpoint(path) -> Path | None:
+    """The newest complete checkpoint under an adapter folder (or ``path`` if it is one)."""
+    path = Path(path)
+    if (path / "trainer_state.json").is_file():
+        return path
+    root = path / CHECKPOINTS
+    if not root.is_dir():
+        return None
+    done = sorted(p for p in root.glob("step-*") if (p / "trainer_state.json").is_file())
+    return done[-1] if done else None
+
+
+def save_checkpoint(model, optimizer, state: LoopState, adapter_path, adapter_config: dict,
+                    keep: int = 0) -> Path:
+    """Write checkpoints/step-NNNNNN/ (adapter, optimizer state, RNG, loop state) atomically:
+    into a temporary folder renamed into place once complete."""
+    final = checkpoint_dir(adapter_path, state.step)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        save_adapter(model, tmp, adapter_config)
+        arrays = {f"optimizer.{k}": v for k, v in tree_flatten(optimizer.state)}
+        arrays["rng"] = mx.random.state[0]
+        mx.eval(arrays)
+        mx.savez(str(tmp / "state.npz"), **arrays)
+        write_json(tmp / "trainer_state.json", asdict(state))
+        if final.exists():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if keep > 0:
+        done = sorted(p for p in final.parent.glob("step-*") if p.is_dir())
+        for old in done[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(model, optimizer, path) -> LoopState:
+    """Restore adapter weights, optimizer state and RNG from a checkpoint; returns its LoopState.
+
+    The model must already carry LoRA layers of the same shapes (apply_lora with the saved
+    settings)."""
+    from .lora import adapter_weights
+
+    path = Path(path)
+    try:
+        state = LoopState(**json.loads((path / "trainer_state.json").read_text()))
+        arrays = mx.load(str(path / "state.npz"))
+        weights = mx.load(str(path / "adapters.npz"))
+    except (OSError, ValueError, TypeError, RuntimeError) as e:
+        raise TrainingError(f"cannot read checkpoint {path}: {e}") from None
+    expected = adapter_weights(model)
+    if set(weights) != set(expected) or any(weights[k].shape != expected[k].shape for k in weights):
+        raise TrainingError(f"checkpoint {path} does not match the model's LoRA layers "
+                            "(different model, rank, targets or layers)")
+    model.load_weights(list(weights.items()), strict=False)
+    opt_arrays = {k[len("optimizer."):]: v for k, v in arrays.items() if k.startswith("optimizer.")}
+    optimizer.init(model.trainable_parameters())
+    have = dict(tree_flatten(optimizer.state))
+    if set(have) != set(opt_arrays):
+        raise TrainingError(f"checkpoint {path}: optimizer state does not match (different optimizer?)")
+    optimizer.state = tree_map_with_path(lambda p, _: opt_arrays[p], optimizer.state)
+    hi, lo = (int(x) for x in arrays["rng"].tolist())
+    mx.random.seed((hi << 32) | lo)
+    mx.eval(model.parameters(), optimizer.state)
+    return state
+
+
+# --------------------------------------------------------------------------- the loop
+
+@contextlib.contextmanager
+def grad_checkpointing(model, enabled: bool):
+    """Recompute each block's activations in the backward pass instead of storing them.
+
+    mx.checkpoint wraps the block type's __call__ (MLX modules are called through their type);
+    the original is restored when training ends.
+    """
+    if not enabled:
+        yield
+        return
+    block_type = type(model.layers[0])
+    original = block_type.__call__
+
+    def checkpointed(block, *args, **kwargs):
+        def inner(params, *args, **kwargs):
+            block.update(params)
+            return original(block, *args, **kwargs)
+
+        return mx.checkpoint(inner)(block.trainable_parameters(), *args, **kwargs)
+
+    block_type.__call__ = checkpointed
+    try:
+        yield
+    finally:
+        block_type.__call__ = original
+
+
+@dataclass
+class TrainResult:
+    state: LoopState
+    final_loss: float | None
+    first_loss: float | None
+    stopped_early: bool = False
+    history: list[dict] = field(default_factory=list)
+
+
+def train(model, optimizer, train_set: TokenizedSet, args: TrainArgs, *, loss=None,
+          metrics: list[Metric] | None = None, callbacks: list[Callback] | None = None,
+          adapter_config: dict | None = None, start: LoopState | None = None) -> TrainResult:
+    """Train the model's trainable (LoRA) parameters for ``args.iters`` optimizer steps.
+
+    metrics: evaluated every ``eval_every`` steps (and before the first step of a fresh run);
+        the one named ``args.best_metric`` picks ``adapter_path/best`` and drives early stopping.
+    adapter_config: written into every adapter_config.json this run saves.
+    start: a LoopState from :func:`load_checkpoint` to continue a run.
+    Files (rank 0 only): adapter_path/{adapters.npz, adapter_config.json} every ``save_every``
+    steps and at the end, adapter_path/best/, adapter_path/checkpoints/step-NNNNNN/.
+    """
+    world = mx.distributed.init()
+    size, rank = world.size(), world.rank()
+    if args.batch_size % size:
+        raise TrainingError(f"batch size {args.batch_size} must be divisible by the {size} processes")
+    if len(train_set) < args.batch_size:
+        raise TrainingError(f"the training set has {len(train_set)} usable examples, fewer than "
+                            f"the batch size {args.batch_size}")
+    loss = loss or make_loss(model)
+    metrics = list(metrics or [])
+    callbacks = list(callbacks or [])
+    adapter_config = dict(adapter_config or {})
+    best_metric = next((m for m in metrics if m.name == args.best_metric), None)
+    state = start or LoopState()
+    fresh = start is None
+    lengths = train_set.lengths
+    adapter_path = Path(args.adapter_path)
+
+    def emit(hook, *a):
+        if rank == 0:
+            for cb in callbacks:
+                getattr(cb, hook)(*a)
+
+    # --- the compiled step: accumulate gradients of summed losses, then one update
+    value_and_grad = nn.value_and_grad(model, loss)
+    cstate = [model.state, optimizer.state, mx.random.state]
+
+    def accumulate(inputs, index, targets, weights, acc):
+        (lsum, ntok), grads = value_and_grad(model, inputs, index, targets, weights)
+        if acc is not None:
+            grads = tree_map(mx.add, grads, acc[0])
+            lsum, ntok = lsum + acc[1], ntok + acc[2]
+        return grads, lsum, ntok
+
+    def update(grads, lsum, ntok):
+        if size > 1:
+            # all_sum(gradient sums) / all_sum(token counts): the combined batch's gradient.
+            grads = tree_map(lambda g: g * size, nn.utils.average_gradients(grads))
+            both = mx.distributed.all_sum(mx.stack([lsum, ntok]))
+            lsum, ntok = both[0], both[1]
+        grads = tree_map(lambda g: g / ntok, grads)
+        if args.max_grad_norm:
+            grads, norm = optim.clip_grad_norm(grads, args.max_grad_norm)
+        else:
+            norm = mx.sqrt(sum(mx.sum(g * g) for _, g in tree_flatten(grads)))
+        optimizer.update(model, grads)
+        return lsum / ntok, norm
+
+    if args.compile:
+        accumulate = mx.compile(accumulate, inputs=cstate, outputs=cstate)
+        update = mx.compile(update, inputs=cstate, outputs=cstate)
+
+    def next_batch():
+        nonlocal order
+        if state.position >= len(order):
+            state.epoch += 1
+            state.position = 0
+            order = epoch_batches(lengths, args.batch_size, args.seed, state.epoch)
+        idx = order[state.position]
+        state.position += 1
+        return collate([train_set.samples[i] for i in idx[rank::size]], args.train_on_prompt, args.pad_to)
+
+    def run_metrics() -> dict:
+        model.eval()
+        out = {}
+        for m in metrics:
+            tic = time.perf_counter()
+            out[m.name] = m(model)
+            out[f"{m.name}_seconds"] = round(time.perf_counter() - tic, 3)
+        model.train()
+        return out
+
+    def save_final_and_checkpoint():
+        if rank == 0:
+            save_adapter(model, adapter_path, adapter_config)
+            ck = save_checkpoint(model, optimizer, state, adapter_path, adapter_config, args.keep_checkpoints)
+            emit("on_save", {"step": state.step, "checkpoint": str(ck), "adapter": str(adapter_path)})
+
+    def consider(values: dict) -> bool:
+        """Track the best metric; save adapters/best; True when early stopping triggers."""
+        if best_metric is None or best_metric.name not in values:
+            return False
+        v = values[best_metric.name]
+        better = state.best_value is None or (
+            v > state.best_value if best_metric.higher_is_better else v < state.best_value)
+        if better and math.isfinite(v):
+            state.best_value, state.best_step, state.bad_evals = v, state.step, 0
+            if rank == 0:
+                save_adapter(model, adapter_path / "best", {
+                    **adapter_config, "best": {"metric": best_metric.name, "value": v, "step": state.step}})
+            return False
+        state.bad_evals += 1
+        return args.early_stop is not None and state.bad_evals >= args.early_stop
+
+    order = epoch_batches(lengths, args.batch_size, args.seed, state.epoch)
+    history: list[dict] = []
+    first_loss = last_loss = None
+    stopped_early = False
+    window = {"loss": 0.0, "steps": 0, "tokens": 0, "loss_tokens": 0, "seconds": 0.0}
+    emit("on_start", {"step": state.step, "iters": args.iters, "examples": len(train_set),
+                      "batches_per_epoch": len(order), "processes": size,
+                      "answer_only_head": bool(getattr(loss, "answer_only_head", False))})
+    model.train()
+    with grad_checkpointing(model, args.grad_checkpoint):
+        if fresh and metrics:
+            values = run_metrics()
+            info = {"type": "eval", "step": 0, **values}
+            history.append(info)
+            emit("on_eval", info)
+            consider(values)
+        while state.step < args.iters:
+            tic = time.perf_counter()
+            acc = None
+            tokens = loss_tokens = 0
+            for _ in range(args.grad_accum):
+                b = next_batch()
+                tokens += b.tokens
+                loss_tokens += b.loss_tokens
+                acc = accumulate(mx.array(b.inputs), mx.array(b.index), mx.array(b.targets),
+                                 mx.array(b.weights), acc)
+            before = model.trainable_parameters()  # references only: kept to undo a bad step
+            step_loss, norm = update(*acc)
+            mx.eval(cstate, step_loss, norm)
+            state.step += 1
+            lv, nv = step_loss.item(), norm.item()
+            if not (math.isfinite(lv) and math.isfinite(nv)):
+                model.update(before)
+                if rank == 0:
+                    save_adapter(model, adapter_path, adapter_config)
+                raise TrainingError(
+                    f"the loss became {'NaN' if math.isnan(lv) else lv} at step {state.step} "
+                    f"(gradient norm {nv}); {adapter_path} holds the weights after step {state.step - 1}. "
+                    "Lower --lr, raise --warmup or keep --max-grad-norm on.")
+            if size > 1:
+                tokens = int(mx.distributed.all_sum(mx.array(tokens), stream=mx.cpu).item())
+                loss_tokens = int(mx.distributed.all_sum(mx.array(loss_tokens), stream=mx.cpu).item())
+            dt = time.perf_counter() - tic
+            first_loss = lv if first_loss is None else first_loss
+            last_loss = lv
+            state.tokens += tokens
+            state.seconds += dt
+            window["loss"] += lv
+            window["steps"] += 1
+            window["tokens"] += tokens
+            window["loss_tokens"] += loss_tokens
+            window["seconds"] += dt
+            emit("on_step", state.step)
+
+            if state.step % args.report_every == 0 or state.step == args.iters:
+                info = {
+                    "type": "train", "step": state.step, "epoch": round(
+                        state.epoch + state.position / max(len(order), 1), 4),
+                    "loss": window["loss"] / window["steps"],
+                    "lr": float(optimizer.learning_rate.item()),
+                    "grad_norm": nv,
+                    "tokens_per_second": window["tokens"] / window["seconds"],
+                    "trained_tokens": state.tokens,
+                    "loss_tokens": window["loss_tokens"],
+                    "peak_memory_gb": mx.get_peak_memory() / 1e9,
+                    "seconds": round(state.seconds, 3),
+                }
+                history.append(info)
+                emit("on_report", info)
+                window = {k: 0 if k != "loss" else 0.0 for k in window}
+
+            stop = False
+            if metrics and (state.step % args.eval_every == 0 or state.step == args.iters):
+                values = run_metrics()
+                info = {"type": "eval", "step": state.step, **values}
+                history.append(info)
+                emit("on_eval", info)
+                stop = consider(values)
+
+            if state.step % args.save_every == 0 or state.step == args.iters or stop:
+                save_final_and_checkpoint()
+            if stop:
+                stopped_early = True
+                break
+    result = TrainResult(state=state, final_loss=last_loss, first_loss=first_loss,
+                         stopped_early=stopped_early, history=history)
+    emit("on_end", {"step": state.step, "stopped_early": stopped_early, "best_value": state.best_value,
+                    "best_step": state.best_step, "tokens": state.tokens, "seconds": state.seconds})
+    return result
