@@ -5,3 +5,8 @@ Pipeline: convert -> train -> fuse -> generate -> evaluate. Each stage is a modu
 """
 
 __version__ = "0.1.0"
+
+# Load OpenBLAS before anything imports MLX (Linux only; see mlx_text2sql.blas).
+from .blas import ensure_fast_blas as _ensure_fast_blas  # noqa: E402
+
+_ensure_fast_blas(quiet=True)

@@ -1,9 +1,13 @@
 """Run MLX on an optimized BLAS on Linux.
 
 MLX's Linux CPU wheel links a reference BLAS (~5 GFLOP/s float32 matmul on our 2-core
-machines); with OpenBLAS preloaded the same matmul runs ~50x faster. The dynamic loader only
-honours ``LD_PRELOAD`` at process start, so :func:`ensure_fast_blas` re-executes the current
-process once with it set, before MLX is imported. macOS (Accelerate) is left untouched.
+machines); with OpenBLAS the same matmul runs ~40-50x faster. :func:`ensure_fast_blas` loads
+OpenBLAS into the process with ``RTLD_GLOBAL`` *before* MLX is loaded: the dynamic linker then
+binds MLX's BLAS calls (``cblas_sgemm`` ...) to OpenBLAS, exactly as ``LD_PRELOAD`` would, but
+without restarting the process (so it works under pytest, in notebooks and in ``python -c``).
+Importing :mod:`mlx_text2sql` does this silently; commands call it again to print a one-line
+notice. If MLX was imported before :mod:`mlx_text2sql`, it is too late: a notice says so (or set
+``LD_PRELOAD`` yourself). macOS (Accelerate) is left untouched.
 
 Opt out with ``MLX_TEXT2SQL_NO_BLAS=1``. OpenBLAS is looked for in Debian's
 ``libopenblas0-pthread`` (``apt-get install libopenblas0-pthread``; preferred, it brings its
@@ -21,7 +25,6 @@ from pathlib import Path
 
 OPT_OUT = "MLX_TEXT2SQL_NO_BLAS"
 CHOSEN = "MLX_TEXT2SQL_BLAS"
-_MARK = "MLX_TEXT2SQL_BLAS_REEXEC"
 
 
 def find_openblas() -> str | None:
@@ -52,44 +55,51 @@ def _loadable(lib: str) -> bool:
         return False
 
 
+_loaded: str | None = None
+_announced = False
+
+
 def blas_status() -> str:
     """A one-line description of the BLAS this process runs with."""
     if sys.platform != "linux":
         return f"platform {sys.platform}: MLX uses its native BLAS"
     preload = os.environ.get("LD_PRELOAD", "")
+    if _loaded:
+        return f"OpenBLAS loaded before MLX ({_loaded})"
     if "openblas" in preload:
         return f"OpenBLAS preloaded ({preload.split(':')[0]})"
     if os.environ.get(OPT_OUT):
-        return f"reference BLAS ({OPT_OUT} is set): matrix products will be ~50x slower"
-    return "reference BLAS (no OpenBLAS found): install cmeel-openblas or libopenblas0-pthread"
+        return f"reference BLAS ({OPT_OUT} is set): matrix products will be ~40x slower"
+    if "mlx.core" in sys.modules:
+        return ("reference BLAS: MLX was imported before mlx_text2sql, too late to load OpenBLAS "
+                "(import mlx_text2sql first, or set LD_PRELOAD to an OpenBLAS library)")
+    return "reference BLAS (no OpenBLAS found): apt-get install libopenblas0-pthread"
 
 
-def ensure_fast_blas(quiet: bool = False) -> None:
-    """On Linux, re-exec this process with OpenBLAS in LD_PRELOAD (at most once).
+def ensure_fast_blas(quiet: bool = False) -> str | None:
+    """On Linux, load OpenBLAS globally before MLX loads; returns the library used (or None).
 
-    Call first thing in a command's ``main()``. No-op on other platforms, when opted out, when
-    already preloaded, when no OpenBLAS is found, or when the command line cannot be recovered
-    (embedded interpreters).
+    Idempotent. No-op on other platforms, when opted out, when OpenBLAS is already preloaded,
+    or when MLX is already imported. Unless ``quiet``, prints the choice once per process.
     """
-    if sys.platform != "linux" or os.environ.get(OPT_OUT) or os.environ.get(_MARK):
-        return
-    if "openblas" in os.environ.get("LD_PRELOAD", ""):
-        return
-    lib = find_openblas()
-    orig = getattr(sys, "orig_argv", None)
-    if not lib or not orig:
-        return
-    if orig[1:2] == ["-c"] or not sys.executable:
-        # `python -c ...` and interactive sessions: re-running is not safe; stay as we are.
-        return
-    env = dict(os.environ)
-    env["LD_PRELOAD"] = ":".join(p for p in (lib, env.get("LD_PRELOAD", "")) if p)
-    env[_MARK] = "1"
-    # OpenBLAS threads: one per core; MLX runs its own ops on top, so more only oversubscribes.
-    env.setdefault("OPENBLAS_NUM_THREADS", str(os.cpu_count() or 1))
-    if not quiet:
-        print(f"[mlx-text2sql] using OpenBLAS for MLX on Linux ({lib}); set {OPT_OUT}=1 to opt out",
-              file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *orig[1:]], env)
+    global _loaded, _announced
+    if sys.platform != "linux":
+        return None
+    if not _loaded and not os.environ.get(OPT_OUT) and "openblas" not in os.environ.get("LD_PRELOAD", "") \
+            and "mlx.core" not in sys.modules:
+        lib = find_openblas()
+        if lib:
+            import ctypes
+
+            # OpenBLAS reads its thread count when it loads: one thread per core.
+            os.environ.setdefault("OPENBLAS_NUM_THREADS", str(os.cpu_count() or 1))
+            try:
+                ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
+                _loaded = lib
+            except OSError:
+                pass
+    if not quiet and not _announced:
+        _announced = True
+        extra = f"; set {OPT_OUT}=1 to opt out" if _loaded else ""
+        print(f"[mlx-text2sql] BLAS: {blas_status()}{extra}", file=sys.stderr, flush=True)
+    return _loaded

@@ -5,6 +5,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+# Importing the package first loads OpenBLAS before MLX (Linux): model tests run ~40x faster.
+import mlx_text2sql  # noqa: E402,F401
+
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory):

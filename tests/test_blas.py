@@ -16,18 +16,26 @@ ROOT = Path(__file__).resolve().parents[1]
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="the preload is a Linux mechanism")
 
 SCRIPT = """
-import os, sys
+import sys
+first = sys.argv[1]
+if first == "mlx":
+    import mlx.core  # MLX first: too late for OpenBLAS
+import mlx_text2sql
 from mlx_text2sql.blas import ensure_fast_blas, blas_status
 ensure_fast_blas(quiet=True)
-print("PRELOAD=" + os.environ.get("LD_PRELOAD", ""))
-print("ARGS=" + " ".join(sys.argv[1:]))
+import mlx.core as mx
+a = mx.ones((64, 64))
+mx.eval(a @ a)  # the BLAS is bound now
+maps = open("/proc/self/maps").read()
+print("MAPPED=" + ",".join(sorted({l.split()[-1] for l in maps.splitlines() if "libopenblas" in l})))
+print("RESULT=" + str((a @ a)[0, 0].item()))
 print("STATUS=" + blas_status())
 """
 
 
 def _clean_env(**extra):
     env = {k: v for k, v in os.environ.items()
-           if k not in ("LD_PRELOAD", blas.OPT_OUT, blas.CHOSEN, "MLX_TEXT2SQL_BLAS_REEXEC")}
+           if k not in ("LD_PRELOAD", blas.OPT_OUT, blas.CHOSEN)}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(extra)
     return env
@@ -60,45 +68,38 @@ def test_explicit_library_must_exist(monkeypatch, tmp_path):
     assert blas.find_openblas() is None
 
 
-def test_opt_out_does_nothing(monkeypatch):
-    def fail(*a, **k):
-        raise AssertionError("must not re-exec")
-
-    monkeypatch.setenv(blas.OPT_OUT, "1")
-    monkeypatch.delenv("LD_PRELOAD", raising=False)
-    monkeypatch.setattr(os, "execve", fail)
-    assert blas.ensure_fast_blas() is None
-    assert "LD_PRELOAD" not in os.environ
-    if sys.platform == "linux":
-        assert blas.OPT_OUT in blas.blas_status()
+def test_notice_is_printed_once(capsys):
+    blas._announced = False
+    blas.ensure_fast_blas()
+    blas.ensure_fast_blas()
+    err = capsys.readouterr().err
+    assert err.count("[mlx-text2sql] BLAS:") == (1 if sys.platform == "linux" else 0)
 
 
 @linux_only
-def test_reexec_preloads_openblas(tmp_path):
+def test_openblas_is_loaded_before_mlx_in_process(tmp_path):
     lib = blas.find_openblas()
     if lib is None:
         pytest.skip("no OpenBLAS on this machine")
-    out, err = _run_script(tmp_path, _clean_env(), "--flag", "value with space")
-    assert out["PRELOAD"].split(":")[0] == lib
-    assert out["ARGS"] == "--flag value with space"  # the command line survives the re-exec
-    assert out["STATUS"].startswith("OpenBLAS preloaded")
-    assert err == ""  # quiet=True
+    out, err = _run_script(tmp_path, _clean_env(), "package")
+    assert os.path.realpath(lib) in {os.path.realpath(p) for p in out["MAPPED"].split(",")}
+    assert out["RESULT"] == "64.0"  # matmuls are right with OpenBLAS bound
+    assert out["STATUS"].startswith("OpenBLAS loaded before MLX")
+    assert err == ""  # quiet
 
 
 @linux_only
-def test_reexec_honours_opt_out_in_subprocess(tmp_path):
-    out, _ = _run_script(tmp_path, _clean_env(**{blas.OPT_OUT: "1"}))
-    assert out["PRELOAD"] == ""
-    assert out["STATUS"].startswith("reference BLAS")
+def test_opt_out_keeps_the_bundled_blas(tmp_path):
+    out, _ = _run_script(tmp_path, _clean_env(**{blas.OPT_OUT: "1"}), "package")
+    assert "openblas-pthread" not in out["MAPPED"] and "cmeel" not in out["MAPPED"]
+    assert out["RESULT"] == "64.0"
+    assert out["STATUS"].startswith("reference BLAS") and blas.OPT_OUT in out["STATUS"]
 
 
 @linux_only
-def test_no_reexec_for_python_c():
-    env = _clean_env()
-    code = "from mlx_text2sql.blas import ensure_fast_blas; import os; ensure_fast_blas(); print(os.environ.get('LD_PRELOAD', ''))"
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == ""
+def test_mlx_imported_first_is_reported(tmp_path):
+    out, _ = _run_script(tmp_path, _clean_env(), "mlx")
+    assert "too late" in out["STATUS"]
 
 
 def test_benchmark_worker_measures():

@@ -1,0 +1,285 @@
+"""``python -m mlx_text2sql.evaluate``: execution accuracy of a model (+ adapter) on a test set.
+
+For every record of a converted JSONL file: build the prompt with the same prompt module as
+training, generate (batched), extract the SQL, run predicted and gold SQL read-only on the
+record's database, and compare the results (rules in :mod:`mlx_text2sql.metrics`).
+
+Prints a summary table (execution accuracy, exact match, valid-SQL rate, by source and by Spider
+hardness, queries/s, latency) and ends with the machine-readable line
+``execution_accuracy: 0.xxx``. ``--output`` keeps one JSON line per example (question, gold,
+predicted, raw reply, error, match) so the failures can be read; it is written as the run goes,
+so an interrupted run keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import ConfigError, InputError, run_cli
+
+EPILOG = """examples:
+  # score the gold SQL against itself (checks the data and the executor; no model)
+  python -m mlx_text2sql.evaluate --data data/test.jsonl --gold
+  # the adapter trained by `python -m mlx_text2sql.train`, against its base model
+  python -m mlx_text2sql.evaluate --adapter-path adapters --data data/test.jsonl --compare-base
+  # a model from the Hub on 200 converted WikiSQL examples, failures kept for reading
+  python -m mlx_text2sql.evaluate --model mlx-community/TinyLlama-1.1B-Chat-v1.0-4bit \\
+      --data wikisql/test.jsonl --limit 200 --output predictions.jsonl
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mlx-text2sql evaluate", description=__doc__.split("\n\n")[0],
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True,
+                   help="converted JSONL file, or a folder holding test.jsonl")
+    p.add_argument("--model", default=None,
+                   help="model spec (smollm2-135m, a folder, a .gguf file or a Hub id); "
+                        "default: the adapter's base model, else smollm2-135m")
+    p.add_argument("--adapter-path", default=None, help="adapter folder written by train")
+    p.add_argument("--gold", action="store_true",
+                   help="score the gold SQL against itself instead of a model")
+    p.add_argument("--compare-base", action="store_true",
+                   help="also score the base model without the adapter, in the same run")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N records")
+    p.add_argument("--output", default=None, help="per-example results (JSONL)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (default 8)")
+    p.add_argument("--max-tokens", type=int, default=160, help="longest reply in tokens (default 160)")
+    p.add_argument("--temp", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds each query may run (default 5)")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
+    p.add_argument("--dequantize", action="store_true", default=None,
+                   help="run quantized models dense (default on Linux CPU, where it is faster)")
+    p.add_argument("--keep-quantized", dest="dequantize", action="store_false",
+                   help="keep quantized layers quantized")
+    p.add_argument("--chat-template", default=None, help="override the chat template (registry name)")
+    p.add_argument("--strict", action="store_true", help="stop at the first malformed JSONL line")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def resolve_data(path: str) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        for name in ("test.jsonl", "valid.jsonl"):
+            if (p / name).is_file():
+                return p / name
+        raise InputError("folder has no test.jsonl (or valid.jsonl)", str(p))
+    if not p.is_file():
+        raise InputError("file not found", str(p))
+    return p
+
+
+def load_records(path: Path, limit: int | None, strict: bool) -> tuple[list[dict], list[InputError]]:
+    from .jsonl import iter_jsonl
+
+    problems: list[InputError] = []
+    records = []
+    for lineno, rec in iter_jsonl(path, strict=strict, problems=problems):
+        if not isinstance(rec.get("sql"), str) or not rec["sql"].strip():
+            err = InputError("record has no gold 'sql' string", str(path), lineno)
+            if strict:
+                raise err
+            problems.append(err)
+            continue
+        if "messages" not in rec and not ("question" in rec and "schema" in rec):
+            err = InputError("record has neither 'messages' nor 'question' + 'schema'", str(path), lineno)
+            if strict:
+                raise err
+            problems.append(err)
+            continue
+        rec.setdefault("id", f"{path.name}:{lineno}")
+        records.append(rec)
+        if limit is not None and len(records) >= limit:
+            break
+    return records, problems
+
+
+class _Writer:
+    """Writes per-example results as they come to ``PATH.partial``; renamed to PATH at the end."""
+
+    def __init__(self, path: str | None):
+        self.path = Path(path) if path else None
+        self.f = None
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.partial = self.path.with_name(self.path.name + ".partial")
+            self.f = open(self.partial, "w", encoding="utf-8")
+
+    def write(self, rec: dict) -> None:
+        if self.f:
+            self.f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+            self.f.flush()
+
+    def close(self, ok: bool) -> None:
+        if self.f:
+            self.f.close()
+            if ok:
+                self.partial.replace(self.path)
+
+
+def score_predictions(records, predictions, base_dir, *, timeout_s, label, writer, replies=None,
+                      latencies=None):
+    """Evaluate ``predictions[i]`` (SQL text) against ``records[i]``; returns per-example dicts."""
+    from .metrics import evaluate_prediction
+
+    results = []
+    for i, (rec, pred) in enumerate(zip(records, predictions)):
+        r = evaluate_prediction(rec, pred, base_dir=base_dir, timeout_s=timeout_s)
+        r["question"] = rec.get("question")
+        r["model"] = label
+        if replies is not None:
+            r["reply"] = replies[i]
+        if latencies is not None:
+            r["latency_s"] = latencies[i]
+        results.append(r)
+        writer.write(r)
+    return results
+
+
+def run_model(records, base_dir, args, *, adapter_path, label, writer):
+    """Generate SQL for every record with one model; returns (results, throughput info)."""
+    from tqdm import tqdm
+
+    from .engine import SQLGenerator
+    from .prompts import record_messages
+    from .tuner.lora import load_with_adapter
+
+    from .models.load import default_train_dequantize
+
+    load_kw = {}
+    on_cpu = default_train_dequantize(log_choice=False)
+    if args.dtype:
+        load_kw["dtype"] = args.dtype
+    elif on_cpu:
+        load_kw["dtype"] = "float32"  # float16/bfloat16 matmuls are slower than float32 on CPUs
+    if args.chat_template:
+        load_kw["chat_template"] = args.chat_template
+    if args.dequantize is not None:
+        load_kw["dequantize"] = args.dequantize
+    elif on_cpu:
+        # MLX's CPU quantized matmul is far slower than dense float32 (see DESIGN.md).
+        load_kw["dequantize"] = True
+    t_load = time.perf_counter()
+    loaded = load_with_adapter(adapter_path, model=args.model, **load_kw)
+    print(f"[{label}] loaded {loaded.spec}{' + ' + str(adapter_path) if adapter_path else ''} "
+          f"in {time.perf_counter() - t_load:.1f}s", file=sys.stderr)
+
+    gen = SQLGenerator(loaded)
+    prompts = [record_messages(r) for r in records]
+    bar = tqdm(total=len(prompts), desc=f"{label}: generating", unit="q", disable=args.quiet,
+               file=sys.stderr)
+    t0 = time.perf_counter()
+    outs = gen.generate(prompts, max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p,
+                        seed=args.seed, batch_size=args.batch_size, progress=bar.update)
+    wall = time.perf_counter() - t0
+    bar.close()
+    n_tokens = sum(o.n_tokens for o in outs)
+    results = score_predictions(records, [o.sql for o in outs], base_dir, timeout_s=args.timeout,
+                                label=label, writer=writer, replies=[o.text for o in outs],
+                                latencies=[o.seconds for o in outs])
+    speed = {
+        "queries_per_s": len(records) / wall if wall > 0 else None,
+        "generated_tokens_per_s": n_tokens / wall if wall > 0 else None,
+        "mean_latency_s": sum(o.seconds for o in outs) / max(1, len(outs)),
+        "wall_s": wall,
+        "truncated_replies": sum(o.finish_reason == "length" for o in outs),
+    }
+    del gen, loaded
+    return results, speed
+
+
+def _report(label: str, summary: dict, speed: dict | None) -> str:
+    from .metrics import format_summary
+
+    lines = [f"== {label} ==", format_summary(summary)]
+    if speed:
+        lines.append(
+            f"speed: {speed['queries_per_s']:.2f} queries/s, {speed['generated_tokens_per_s']:.1f} generated tokens/s, "
+            f"mean latency {speed['mean_latency_s']:.2f}s per query (batched), "
+            f"{speed['truncated_replies']} replies hit --max-tokens")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli(_main, args)
+
+
+def _main(args) -> int:
+    problems = []
+    if args.limit is not None and args.limit < 1:
+        problems.append("--limit must be at least 1")
+    if args.batch_size < 1:
+        problems.append("--batch-size must be at least 1")
+    if args.max_tokens < 1:
+        problems.append("--max-tokens must be at least 1")
+    if args.gold and (args.compare_base or args.adapter_path):
+        problems.append("--gold scores the data itself: drop --adapter-path / --compare-base")
+    if args.compare_base and not args.adapter_path:
+        problems.append("--compare-base needs --adapter-path")
+    if args.adapter_path and not Path(args.adapter_path).is_dir():
+        problems.append(f"--adapter-path {args.adapter_path}: no such folder")
+    if problems:
+        raise ConfigError(problems)
+    if not args.gold:
+        from .blas import ensure_fast_blas
+
+        ensure_fast_blas()
+
+    from .metrics import summarize
+
+    path = resolve_data(args.data)
+    records, bad = load_records(path, args.limit, args.strict)
+    for err in bad[:10]:
+        print(f"skipped: {err}", file=sys.stderr)
+    if len(bad) > 10:
+        print(f"skipped: ... and {len(bad) - 10} more", file=sys.stderr)
+    if not records:
+        raise InputError("no usable records", str(path))
+    base_dir = path.parent
+    print(f"evaluating {len(records)} records from {path}", file=sys.stderr)
+
+    writer = _Writer(args.output)
+    ok = False
+    try:
+        runs: list[tuple[str, dict, dict | None]] = []
+        if args.gold:
+            results = score_predictions(records, [r["sql"] for r in records], base_dir,
+                                        timeout_s=args.timeout, label="gold", writer=writer)
+            runs.append(("gold", summarize(results), None))
+        else:
+            if args.compare_base:
+                results, speed = run_model(records, base_dir, args, adapter_path=None, label="base",
+                                           writer=writer)
+                runs.append(("base", summarize(results), speed))
+            label = "adapter" if args.adapter_path else "model"
+            results, speed = run_model(records, base_dir, args, adapter_path=args.adapter_path,
+                                       label=label, writer=writer)
+            runs.append((label, summarize(results), speed))
+        ok = True
+    finally:
+        writer.close(ok)
+
+    for label, summary, speed in runs:
+        print(_report(label, summary, speed))
+        print()
+    if args.output:
+        print(f"per-example results: {args.output}", file=sys.stderr)
+    if len(runs) > 1:
+        for label, summary, _ in runs:
+            print(f"{label}_execution_accuracy: {summary['execution_accuracy'] or 0.0:.3f}")
+    final = runs[-1][1]
+    print(f"execution_accuracy: {final['execution_accuracy'] or 0.0:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The evaluate command: gold self-check, malformed input, settings errors, and a real model run."""
+
+import json
+import sqlite3
+
+import pytest
+
+from mlx_text2sql import evaluate
+from mlx_text2sql.prompts import build_messages
+
+SCHEMA = 'CREATE TABLE "players" (\n  "name" TEXT,\n  "team" TEXT,\n  "points" REAL\n);'
+
+
+def _db(path):
+    con = sqlite3.connect(path)
+    con.execute('CREATE TABLE "players" ("name" TEXT, "team" TEXT, "points" REAL)')
+    con.executemany("INSERT INTO players VALUES (?, ?, ?)",
+                    [("Ann Lee", "Hawks", 12.0), ("Bo Chen", "Owls", 30.5), ("Cy Diaz", "Hawks", 7.0)])
+    con.commit()
+    con.close()
+
+
+def _record(i, question, sql, db="db.sqlite"):
+    return {"messages": build_messages(question, SCHEMA, sql), "question": question, "schema": SCHEMA,
+            "sql": sql, "source": "wikisql", "id": f"t{i}", "db_path": db, "table": "players"}
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    _db(tmp_path / "db.sqlite")
+    recs = [
+        _record(0, "how many players are on the hawks?", "SELECT COUNT(\"name\") FROM \"players\" WHERE \"team\" = 'hawks'"),
+        _record(1, "who scored the most points?", 'SELECT "name" FROM "players" ORDER BY "points" DESC LIMIT 1'),
+        _record(2, "what is the total of points?", 'SELECT SUM("points") FROM "players"'),
+    ]
+    path = tmp_path / "test.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return path
+
+
+def test_gold_scores_every_record_and_writes_per_example_output(dataset, tmp_path, capsys):
+    out = tmp_path / "pred.jsonl"
+    assert evaluate.main(["--data", str(dataset.parent), "--gold", "--output", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert stdout.strip().splitlines()[-1] == "execution_accuracy: 1.000"
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["t0", "t1", "t2"]
+    assert all(r["match"] and r["valid_sql"] for r in rows)
+    # the lower-cased 'hawks' still finds 'Hawks' (WikiSQL's case-insensitive comparison)
+    assert rows[0]["gold_rows"]["rows"] == [[2]]
+    assert not (tmp_path / "pred.jsonl.partial").exists()
+
+
+def test_gold_catches_a_broken_gold_query(tmp_path, capsys):
+    _db(tmp_path / "db.sqlite")
+    path = tmp_path / "test.jsonl"
+    recs = [_record(0, "q", 'SELECT "name" FROM "players"'), _record(1, "q2", 'SELECT "name" FROM "no_such_table"')]
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    evaluate.main(["--data", str(path), "--gold"])
+    out = capsys.readouterr().out
+    assert "execution_accuracy: 1.000" in out  # the broken one is not scored ...
+    first = out.splitlines()[3].split()
+    assert first[:2] == ["all", "(wikisql)"]
+    assert first[2:4] == ["2", "1"] and first[-1] == "1"  # n=2, scored=1, 1 gold error
+
+
+def test_malformed_lines_are_skipped_and_named(dataset, capsys):
+    with open(dataset, "a") as f:
+        f.write("{not json\n")
+        f.write(json.dumps({"question": "q", "schema": SCHEMA}) + "\n")  # no gold sql
+    assert evaluate.main(["--data", str(dataset), "--gold"]) == 0
+    err = capsys.readouterr().err
+    assert f"{dataset}:4: malformed JSON line" in err
+    assert f"{dataset}:5: record has no gold 'sql' string" in err
+
+
+def test_strict_stops_at_first_malformed_line(dataset, capsys):
+    with open(dataset, "a") as f:
+        f.write("[1, 2]\n")
+    assert evaluate.main(["--data", str(dataset), "--gold", "--strict"]) == 2
+    assert f"{dataset}:4: malformed JSON line" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data", "nowhere.jsonl", "--gold"], "nowhere.jsonl: file not found"),
+    (["--data", "{data}", "--gold", "--adapter-path", "x"], "--gold scores the data itself"),
+    (["--data", "{data}", "--compare-base"], "--compare-base needs --adapter-path"),
+    (["--data", "{data}", "--adapter-path", "/no/such/adapter"], "no such folder"),
+    (["--data", "{data}", "--gold", "--limit", "0"], "--limit must be at least 1"),
+])
+def test_bad_settings_give_one_clear_error(dataset, capsys, argv, message):
+    argv = [a.replace("{data}", str(dataset)) for a in argv]
+    assert evaluate.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_model_run_scores_generated_sql(dataset, tiny_llama, tmp_path, capsys):
+    """A random tiny model writes no usable SQL: every example is scored, none matches, and the
+    raw replies are kept for reading."""
+    out = tmp_path / "pred.jsonl"
+    code = evaluate.main(["--data", str(dataset), "--model", str(tiny_llama), "--max-tokens", "8",
+                          "--batch-size", "2", "--output", str(out), "--quiet"])
+    assert code == 0
+    stdout = capsys.readouterr().out
+    assert "queries/s" in stdout
+    assert stdout.strip().splitlines()[-1] == "execution_accuracy: 0.000"
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 3 and all(r["model"] == "model" and "reply" in r for r in rows)
+    assert all(r["match"] is False for r in rows)
