@@ -613,8 +613,7 @@ def convert(s: Settings) -> Summary:
         # Everything is written beside its final name and renamed at the end, databases
         # included: a failure leaves the previous outputs as they were.
         for split, recs in records.items():
-            _write_lines(result.staging.path_for(s.out / f"{split}.jsonl"),
-                         (json.dumps(rec, ensure_ascii=False) for rec in recs))
+            _write_lines(result.staging.path_for(s.out / f"{split}.jsonl"), map(json_line, recs))
         summary.seconds = time.perf_counter() - start
         _write_lines(result.staging.path_for(s.out / REPORT_NAME),
                      [json.dumps(summary.to_dict(s), indent=2, ensure_ascii=False)])
@@ -625,6 +624,16 @@ def convert(s: Settings) -> Summary:
     return summary
 
 
+# Line separators that json.dumps(ensure_ascii=False) leaves raw but str.splitlines() and
+# some JSONL readers split on: escaped, so one record is always one line.
+_LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
+def json_line(record: dict) -> str:
+    """One record as one JSONL line (UTF-8 text kept readable)."""
+    return json.dumps(record, ensure_ascii=False).translate(_LINE_BREAKS)
+
+
 def _write_lines(path: Path, lines) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for line in lines:
@@ -633,7 +642,8 @@ def _write_lines(path: Path, lines) -> None:
         os.fsync(f.fileno())
 
 
-def print_summary(s: Settings, summary: Summary, file=sys.stdout) -> None:
+def print_summary(s: Settings, summary: Summary, file=None) -> None:
+    file = file or sys.stdout
     unit = {"wikisql": "tables", "spider": "databases"}.get(s.format, "schemas")
     print(f"{s.format} -> {s.out}", file=file)
     for split in SPLITS:
@@ -663,7 +673,10 @@ def print_summary(s: Settings, summary: Summary, file=sys.stdout) -> None:
 
 
 def _main(argv: list[str] | None) -> int:
-    ns = build_parser().parse_args(argv)
+    try:
+        ns = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error argparse already printed
+        return int(e.code or 0)
     s = settings_from_args(ns)
     summary = convert(s)
     print_summary(s, summary)
