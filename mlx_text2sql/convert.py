@@ -39,11 +39,11 @@ from .sources.common import (Problems, SourceResult, connect_readonly, relative_
 from .splits import SPLITS, split_by_group, target_size
 
 # Without a tokenizer, --max-tokens counts ceil(characters / CHARS_PER_TOKEN). Measured with
-# the SmolLM2 tokenizer on converted WikiSQL dev prompts (schema + 3 sample rows + question +
-# SQL): 3.2 characters per token on average, 2.9 at the 5th percentile (numbers and quoted
-# names cost more than prose). 2.8 over-counts for almost every prompt, so trimming errs on
-# the side of fitting.
-CHARS_PER_TOKEN = 2.8
+# the SmolLM2 tokenizer (GPT-2 style BPE that splits numbers digit by digit) on converted
+# prompts + SQL: WikiSQL dev 2.52 characters per token on average (5th percentile 2.09),
+# Spider dev 2.60, sql-create-context 3.49. At 2.0 the estimate over-counts for 97% of
+# WikiSQL examples and all Spider / sql-create-context ones, so trimming errs towards fitting.
+CHARS_PER_TOKEN = 2.0
 
 # Where each official split file goes with --keep-splits (override with --split-map).
 DEFAULT_SPLIT_MAP = {"train": "train", "train_spider": "train", "train_others": "train",

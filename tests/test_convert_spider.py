@@ -13,7 +13,7 @@ import pytest
 from mlx_text2sql.convert import main
 from mlx_text2sql.errors import ConfigError, InputError
 from mlx_text2sql.sources import SourceOptions
-from mlx_text2sql.sources.common import Problems
+from mlx_text2sql.sources.common import Problems, tables_from_database
 from mlx_text2sql.sources.spider import hardness, read_hf, squash_whitespace
 
 FIX = Path(__file__).parent / "fixtures" / "convert" / "spider"
@@ -167,6 +167,16 @@ def main_strict(src, out):
     from mlx_text2sql.convert import _main
 
     _main(["spider", str(src), "--out", str(out), "--no-progress", "--strict"])
+
+
+def test_tables_from_database_reads_keys_types_and_rows(spider_dir):
+    db = spider_dir / "database" / "bookshop" / "bookshop.sqlite"
+    author, book, sale = tables_from_database(db, sample_rows=2)
+    assert [c.type for c in book.columns] == ["INTEGER", "TEXT", "INTEGER", "INT", "REAL"]
+    assert book.primary_key == ["book_id"] and book.foreign_keys == [("author_id", "author", "author_id")]
+    assert sale.foreign_keys == [("book_id", "book", "book_id")]
+    assert author.rows == [[1, "Ada Brennan", "UK"], [2, "Tomas Reyes", "Canada"]]
+    assert [t.name for t in tables_from_database(db, 0, names=["SALE"])] == ["sale"]
 
 
 def test_squash_whitespace_keeps_quoted_text():

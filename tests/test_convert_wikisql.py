@@ -15,9 +15,10 @@ import pytest
 from mlx_text2sql.convert import main
 from mlx_text2sql.errors import InputError
 from mlx_text2sql.sources import SourceOptions
-from mlx_text2sql.sources.common import Problems, Where
+from mlx_text2sql.prompts import render_schema
+from mlx_text2sql.sources.common import Problems, Where, tables_from_database
 from mlx_text2sql.sources.wikisql import (column_names, logical_form_to_sql, official_number,
-                                          parse_table, read, table_sql_name)
+                                          parse_table, stored_value, table_sql_name)
 
 FIX = Path(__file__).parent / "fixtures" / "convert" / "wikisql"
 SAMPLE = Path(__file__).parent.parent / "data" / "sample" / "wikisql"
@@ -197,6 +198,25 @@ def test_every_gold_query_runs_and_matches_the_official_engine(tmp_path):
     assert empty == ["dev-10", "dev-11", "dev-8"]
 
 
+def test_where_we_differ_from_the_official_engine(tmp_path):
+    """The one known difference: the official engine binds one parameter per column, so with
+    two conditions on the same column both compare against the last value ("taller than 181
+    and shorter than 200" becomes "> 200 AND < 200": nobody). Our SQL keeps both values and
+    answers the question. No WikiSQL dev record has two conditions on one column."""
+    src = tmp_path / "src"
+    shutil.copytree(FIX, src)
+    rec = {"phase": 1, "table_id": "1-1000-1", "question": "Who is taller than 181 and shorter than 200?",
+           "sql": {"sel": 0, "agg": 0, "conds": [[4, 1, 181], [4, 2, 200]]}}
+    with open(src / "dev.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(rec) + "\n")
+    out, recs = convert(tmp_path, "--keep-splits", src=src)
+    checked, differ = compare_with_official(out, [src / "dev.tables.jsonl", src / "test.tables.jsonl"])
+    assert checked == 14
+    assert differ == [("dev-12", """SELECT "Player" FROM "table_1_1000_1" WHERE "Height (cm)" > 181 """
+                                 """AND "Height (cm)" < 200""",
+                       [], [(1, "kyle lowry"), (1, "martin lewis")])]
+
+
 def test_bundled_sample_matches_the_official_engine(tmp_path):
     out, recs = convert(tmp_path, "--keep-splits", src=SAMPLE)
     tables = sorted(SAMPLE.glob("*.tables.jsonl"))
@@ -222,6 +242,28 @@ def test_text_comparison_on_numeric_looking_text_is_textual(tmp_path):
     assert db.execute("""SELECT "Team" FROM "table_2_2000_3" WHERE "Score" > '5'""").fetchall() == []
     # the same with a bare number: SQLite applies the column's text affinity to it
     assert db.execute("""SELECT "Team" FROM "table_2_2000_3" WHERE "Score" > 5""").fetchall() == []
+
+
+@pytest.mark.parametrize("src", [FIX, SAMPLE])
+def test_schema_text_equals_the_one_read_from_the_database(tmp_path, src):
+    """generate --db can rebuild exactly the prompt a model was trained on."""
+    out, recs = convert(tmp_path, src=src)
+    for rec in (r for v in recs.values() for r in v):
+        tables = tables_from_database(out / rec["db_path"], 3, [rec["table"]])
+        assert render_schema(tables, 3) == rec["schema"]
+
+
+@pytest.mark.parametrize("value, col_type, stored", [
+    (21, "real", 21.0), ("120", "real", 120.0), (" 1.5e3 ", "real", 1500.0), ("1,200", "real", "1,200"),
+    ("n/a", "real", "n/a"), (3, "text", "3"), (3.0, "text", "3.0"), ("L5506", "text", "L5506"),
+    (None, "text", None),
+])
+def test_stored_value_follows_sqlite_affinity(value, col_type, stored):
+    assert stored_value(value, col_type) == stored
+    con = sqlite3.connect(":memory:")
+    con.execute(f"CREATE TABLE t (c {'REAL' if col_type == 'real' else 'TEXT'})")
+    con.execute("INSERT INTO t VALUES (?)", (value,))
+    assert con.execute("SELECT c FROM t").fetchone()[0] == stored
 
 
 # --------------------------------------------------------------------------- names and values

@@ -473,6 +473,47 @@ def is_sqlite_database(path: str | os.PathLike) -> bool:
         return False
 
 
+def tables_from_database(path: str | os.PathLike, sample_rows: int = 3,
+                         names: Iterable[str] | None = None) -> list[Table]:
+    """The tables of a SQLite file as :class:`Table` objects (declared types, primary and
+    foreign keys, ``sample_rows`` rows each), in creation order, SQLite's own tables left out.
+
+    Rendered with :func:`mlx_text2sql.prompts.render_schema`, a database written by the WikiSQL
+    converter gives exactly the schema text of its training records, so a model is asked
+    about a live database (``generate --db``) in the form it was trained on. ``names``
+    restricts the result to those tables (matched case-insensitively).
+    """
+    wanted = {n.lower() for n in names} if names is not None else None
+    conn = connect_readonly(path)
+    try:
+        out = []
+        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                    "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY rowid"):
+            if wanted is not None and name.lower() not in wanted:
+                continue
+            q = quote_name(name)
+            info = conn.execute(f"PRAGMA table_info({q})").fetchall()
+            table = Table(name=name, columns=[Column(c[1], (c[2] or "").upper()) for c in info])
+            table.primary_key = [c[1] for c in sorted(info, key=lambda c: c[5]) if c[5] > 0]
+            for fk in conn.execute(f"PRAGMA foreign_key_list({q})").fetchall():
+                # (id, seq, table, from, to, ...); 'to' is NULL when it names the primary key
+                table.foreign_keys.append((fk[3], fk[2], fk[4] or fk[3]))
+            if sample_rows > 0 and table.columns:
+                cols = ", ".join(quote_name(c.name) for c in table.columns)
+                table.rows = [list(r) for r in
+                              conn.execute(f"SELECT {cols} FROM {q} LIMIT {int(sample_rows)}")]
+            out.append(table)
+        return out
+    finally:
+        conn.close()
+
+
+def quote_name(name: str) -> str:
+    from ..prompts import quote_ident
+
+    return quote_ident(name)
+
+
 def create_empty_database(path: str | os.PathLike, tables: list[Table]) -> str | None:
     """Create a SQLite file holding ``tables`` with no rows (NSQL, sql-create-context).
 

@@ -16,7 +16,6 @@ published with Spider's evaluation script.
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from pathlib import Path
 from typing import Any, Iterable

@@ -15,19 +15,20 @@ How the logical form becomes SQL, and why it returns the official answer:
   case-insensitive) gets `` (2)``, `` (3)``, ... so every column is distinct and addressable.
 - Questions are lower-cased while cells keep their case, and the official engine lower-cases
   both sides: text columns are declared ``TEXT COLLATE NOCASE``, so ``= 'l5506'`` matches
-  ``L5506`` (and so does a model that copies the value from the question).
+  ``L5506`` (and so does a model that copies the value from the question). NOCASE folds ASCII
+  letters only: an equality value that differs from a cell only in the case of other letters
+  ('český' vs 'Český') is written as the cell spells it.
 - ``real`` columns hold numbers; the official engine turns a condition value on a ``real``
   column into a number (thousands separators removed: ``'24,637'`` -> ``24637``; failing that,
   the first number in the text; failing that, the text itself) and we write that number as the
-  SQL literal. (NOCASE folds ASCII letters only: an equality value that differs from a cell
-  only in the case of other letters, 'český' vs 'Český', is written as the cell spells it.)
-  On a ``text`` column the value stays text, so ``>``/``<`` compare as text
+  SQL literal. On a ``text`` column the value stays text, so ``>``/``<`` compare as text
   (``'9' > '10'``) exactly as in the official engine, even when the cells look numeric; a
   numeric value on a text column is written as a number and SQLite's column affinity turns it
   into text, again as the official engine's bound parameter is.
 - One official quirk we do not copy: its engine binds one parameter per column, so two
   conditions on the same column both compare against the last value. Our SQL keeps both
-  values (what the question says); ``tests/test_convert_wikisql.py`` counts such records.
+  values (what the question says); ``tests/test_convert_wikisql.py`` shows the difference.
+  (No record of the dev split has two conditions on one column.)
 
 The database (one file, every table the examples use) is written to ``out_dir/db_name``; it is
 reused when its stored fingerprint of the tables matches, and replaced atomically otherwise.
@@ -92,10 +93,13 @@ class WikiTable:
         return value
 
     def to_table(self, sample_rows: int) -> Table:
+        """The prompt's view of the table: sample rows as the database stores them (a ``real``
+        cell 21 reads back as 21.0), so the prompt equals one built from the database file."""
         return Table(
             name=self.name,
             columns=[Column(c, COLUMN_TYPES[t]) for c, t in zip(self.columns, self.types)],
-            rows=[list(r) for r in self.rows[: max(sample_rows, 0)]],
+            rows=[[stored_value(v, t) for v, t in zip(r, self.types)]
+                  for r in self.rows[: max(sample_rows, 0)]],
         )
 
 
@@ -157,6 +161,25 @@ def parse_table(raw: Any, where: Where) -> WikiTable:
 
 
 # --------------------------------------------------------------------------- logical form -> SQL
+
+_SQLITE_NUMBER = re.compile(r"^\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\s*$")
+
+
+def stored_value(value: Any, col_type: str) -> Any:
+    """A cell as SQLite stores it in a column of this type (column affinity): numbers and
+    numeric text in ``REAL`` columns become floats, numbers in ``TEXT`` columns text."""
+    if value is None:
+        return None
+    if col_type == "real":
+        if is_number(value):
+            return float(value)
+        return float(value) if _SQLITE_NUMBER.match(value) else value
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    return value
+
 
 def official_number(text: str) -> float | None:
     """A condition value on a ``real`` column read as the official engine reads it:
