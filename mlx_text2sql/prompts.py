@@ -12,6 +12,7 @@ Pure Python (jinja2 comes with transformers); no MLX import.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -179,14 +180,21 @@ def get_template(name: str) -> ChatTemplate:
     return CHAT_TEMPLATES[key]
 
 
+@functools.lru_cache(maxsize=16)
+def _compiled(source: str):
+    """A compiled jinja template; compiling costs ~2 ms, rendering ~0.05 ms (convert renders
+    every record, some twice)."""
+    import jinja2
+
+    env = jinja2.Environment(trim_blocks=False, lstrip_blocks=False, keep_trailing_newline=True)
+    return env.from_string(source)
+
+
 def render_chat(template: ChatTemplate | str, messages: list[dict], add_generation_prompt: bool = False,
                 eos_token: str | None = None, bos_token: str | None = None) -> str:
     """Render messages with a registry template (no tokenizer needed)."""
-    import jinja2
-
     tpl = get_template(template) if isinstance(template, str) else template
-    env = jinja2.Environment(trim_blocks=False, lstrip_blocks=False, keep_trailing_newline=True)
-    return env.from_string(tpl.jinja).render(
+    return _compiled(tpl.jinja).render(
         messages=messages,
         add_generation_prompt=add_generation_prompt,
         eos_token=tpl.eos if eos_token is None else eos_token,
