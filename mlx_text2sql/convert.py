@@ -62,11 +62,13 @@ examples:
   python -m mlx_text2sql.convert spider path/to/spider --keep-splits --split-map dev=test --out data/spider
   # NSQL / sql-create-context (an empty SQLite database per schema checks the gold SQL runs)
   python -m mlx_text2sql.convert nsql nsql.jsonl --out data/nsql
-  python -m mlx_text2sql.convert sql-create-context sqlqa.jsonl --valid-size 200 --test-size 200
+  python -m mlx_text2sql.convert sql-create-context sqlqa.jsonl --valid-size 200 --test-size 200 --out data/scc
   # fully templated {"text": ...} records for TinyLlama, prompts cut to 512 tokens
-  python -m mlx_text2sql.convert wikisql data/sample/wikisql --chat-template zephyr --max-tokens 512
+  python -m mlx_text2sql.convert wikisql data/sample/wikisql --chat-template zephyr --max-tokens 512 --out data/zephyr
   # through the datasets library (a Hub name, a save_to_disk folder or local data files)
-  python -m mlx_text2sql.convert sql-create-context --hf-dataset b-mc2/sql-create-context
+  python -m mlx_text2sql.convert sql-create-context --hf-dataset b-mc2/sql-create-context --out data/scc
+  # the bundled sample (this is how data/train.jsonl etc. are made)
+  python -m mlx_text2sql.convert wikisql data/sample/wikisql --keep-splits --out data --db-name sample.sqlite
 """
 
 
@@ -74,7 +76,8 @@ examples:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m mlx_text2sql.convert",
+        # the console script sets argv[0] to "mlx-text2sql convert"
+        prog=sys.argv[0] if sys.argv and sys.argv[0].startswith("mlx-text2sql") else "python -m mlx_text2sql.convert",
         description="Convert a Text2SQL dataset (WikiSQL, NSQL, sql-create-context, Spider) "
                     "into train/valid/test JSONL chat records whose gold SQL runs on SQLite.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"dataset format: {', '.join(FORMATS)}")
     p.add_argument("input", metavar="INPUT", nargs="?",
                    help="folder or file in the dataset's original format (or use --hf-dataset)")
-    p.add_argument("--out", default="data", help="output folder for train/valid/test.jsonl (default: data)")
+    p.add_argument("--out", default="data",
+                   help="output folder for train/valid/test.jsonl (default: data, where the bundled "
+                        "sample's converted files live)")
     g = p.add_argument_group("input")
     g.add_argument("--hf-dataset", metavar="NAME",
                    help="load records with the datasets library: a Hub name, a folder written by "
@@ -292,9 +297,12 @@ class Renderer:
         return {"prompt": prompt, "completion": answer + eos}
 
     def full_text(self, messages: list[dict]) -> str:
-        """What the model reads for this example, for counting."""
+        """What the model reads for this example, for counting: the templated text, else
+        the counting tokenizer's own chat template, else the bare message contents."""
         if self.templated:
             return self.chat(messages)
+        if self.counter is not None and getattr(self.counter, "chat_template", None):
+            return self.counter.apply_chat_template(messages, tokenize=False)
         return "\n\n".join(m["content"] for m in messages)
 
     def count(self, messages: list[dict]) -> int:
@@ -591,9 +599,14 @@ def convert(s: Settings) -> Summary:
             check_gold(all_examples, result, summary.gold, s.progress)
         records: dict[str, list[dict]] = {}
         count = renderer.count
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(all_examples), desc="writing records", unit=" ex", leave=False,
+                   disable=not s.progress, dynamic_ncols=True)
         for split in SPLITS:
             recs = []
             for ex in split_examples[split]:
+                bar.update(1)
                 fit = fit_schema(ex, s.sample_rows, s.max_tokens, count)
                 if fit is None:
                     summary.too_long.append(ex.id or "?")
@@ -610,6 +623,7 @@ def convert(s: Settings) -> Summary:
             records[split] = recs
             summary.counts[split] = len(recs)
             summary.groups[split] = len({ex.split_key for ex in split_examples[split]})
+        bar.close()
         # Everything is written beside its final name and renamed at the end, databases
         # included: a failure leaves the previous outputs as they were.
         for split, recs in records.items():
