@@ -103,3 +103,19 @@ def test_merge_tables_dedupes_case_insensitively():
     assert [c.name for c in tables[0].columns] == ["Price", "name", "code"]
     assert parse_schema_text(text) == tables
     assert merge_tables(parse_schema_text("CREATE TABLE a (x INT)"))[1] is False
+
+
+def test_file_that_is_not_utf8_is_one_clear_error(tmp_path, capsys):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(FIX.read_bytes() + b'{"question": "caf\xe9"}\n')
+    assert main(["sql-create-context", str(src), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {src}:4: not UTF-8 text (byte 0xe9); save the file as UTF-8"
+
+
+def test_json_lines_under_a_json_name(tmp_path):
+    src = tmp_path / "in.json"
+    src.write_text('{"question": \n' + FIX.read_text())
+    out = tmp_path / "o"
+    assert len(convert(out, src=src)) == 3
+    report = json.loads((out / "convert_report.json").read_text())
+    assert report["skipped"] == 1 and report["skipped_records"][0].startswith(f"{src}:1: malformed JSON line")

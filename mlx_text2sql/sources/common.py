@@ -124,10 +124,12 @@ def iter_records(path: str | os.PathLike, problems: Problems) -> Iterator[tuple[
     if not path.is_file():
         raise InputError("file not found", str(path))
     if path.suffix.lower() != ".json":
-        for lineno, rec in iter_jsonl(path, strict=problems.strict, problems=problems.items):
-            yield Where(str(path), lineno), rec
+        yield from _jsonl_records(path, problems)
         return
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
     newlines = [m.start() for m in re.finditer("\n", text)]
 
     def line_of(offset: int) -> int:
@@ -141,15 +143,12 @@ def iter_records(path: str | os.PathLike, problems: Problems) -> Iterator[tuple[
         if text[pos: pos + 1] == "{":
             try:
                 obj, end = decoder.raw_decode(text, pos)
-            except ValueError as e:
-                raise InputError(f"malformed JSON ({e})", str(path)) from None
-            if ws.match(text, end).end() == len(text):
-                yield Where(str(path), line_of(pos)), obj
-                return
-            yield from (
-                (Where(str(path), n), r)
-                for n, r in iter_jsonl(path, strict=problems.strict, problems=problems.items)
-            )
+                if ws.match(text, end).end() == len(text):
+                    yield Where(str(path), line_of(pos)), obj
+                    return
+            except ValueError:
+                pass  # read it as JSON lines: the bad line is then reported with its number
+            yield from _jsonl_records(path, problems)
             return
         raise InputError("expected a JSON array of records or JSON lines", str(path), line_of(pos))
     pos = ws.match(text, pos + 1).end()
@@ -179,6 +178,25 @@ def iter_records(path: str | os.PathLike, problems: Problems) -> Iterator[tuple[
             problems.add(InputError("malformed JSON array (expected ',' or ']'); the rest of the "
                                     "file is skipped", str(path), line_of(pos)))
             return
+
+
+def _jsonl_records(path: Path, problems: Problems) -> Iterator[tuple[Where, dict]]:
+    try:
+        for lineno, rec in iter_jsonl(path, strict=problems.strict, problems=problems.items):
+            yield Where(str(path), lineno), rec
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+
+
+def _not_utf8(path: Path) -> InputError:
+    """The error for a file that is not UTF-8, naming the line of its first bad byte."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+        return InputError("not UTF-8 text", str(path))
+    except UnicodeDecodeError as e:
+        return InputError(f"not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as UTF-8",
+                          str(path), data.count(b"\n", 0, e.start) + 1)
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", list: "a list",
