@@ -1,0 +1,728 @@
+"""Batched SQL generation with a shared-prefix KV cache.
+
+:class:`SQLGenerator` turns many chat prompts into replies at once. Text2SQL prompts are long
+(system text + schema + sample rows) and replies short, and many questions ask about the same
+schema, so three things matter for speed:
+
+1. **Shared prefixes are computed once.** Prompts are sorted by their tokens, so prompts over the
+   same schema sit next to each other; the longest prefix a group shares (system + schema) is
+   run through the model once and its keys/values reused by every question of the group. A
+   small LRU store keeps these prefix caches across calls, so interactive use over one schema
+   only pays for each new question (any stored prefix is reused up to the longest common part,
+   trimming the rest).
+2. **Decoding is batched.** Rows are decoded together; each row keeps its own RoPE positions
+   and an attention mask hides the padding of the others, so a row's tokens do not depend on
+   which rows share its batch. Finished rows leave the batch at once.
+3. **The short remainder of each prompt (the question) is prefilled as one padded block** for
+   the whole batch; long remainders (a schema nobody else shares) are prefilled one prompt at a
+   time, which costs no padding.
+
+Greedy decoding gives the tokens of unbatched greedy decoding (``batch_size=1``, or a plain
+``mlx_lm.generate`` loop) up to float rounding between matrix-product shapes; tests check the
+tokens are identical on small models.
+
+Only models whose cache is a plain ``KVCache`` per layer (llama, mistral, qwen2, phi3, ...)
+take the batched path; others (sliding-window or recurrent layers) are generated one prompt at
+a time through mlx_lm's own ``generate_step``, with the same stopping rules.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence, Union
+
+import mlx.core as mx
+import numpy as np
+
+from .prompts import extract_sql
+
+Messages = list  # list[dict[str, str]]
+Prompt = Union[Messages, str, Sequence[int]]
+StreamCallback = Callable[[int, str], None]
+
+
+@dataclass
+class Result:
+    """One prompt's outcome.
+
+    text:            the reply, cut before the EOS token / first stop string.
+    sql:             ``prompts.extract_sql(text)``; "" when the reply holds no query.
+    n_prompt_tokens: prompt length in tokens.
+    n_tokens:        tokens generated (the EOS token included when one was emitted).
+    seconds:         wall time from the start of this prompt's batch to its last token.
+    finish_reason:   "stop" (EOS or a stop string) or "length" (hit ``max_tokens``).
+    tokens:          the generated token ids (EOS included).
+    n_cached_tokens: prompt tokens covered by a shared prefix (computed once for every prompt
+                     that shares it, or found in the store from an earlier call).
+    """
+
+    text: str
+    sql: str
+    n_prompt_tokens: int
+    n_tokens: int
+    seconds: float
+    finish_reason: str = "stop"
+    n_cached_tokens: int = 0
+    tokens: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Stats:
+    """Where the time of :meth:`SQLGenerator.generate` calls went (cumulative)."""
+
+    prompts: int = 0
+    prompt_tokens: int = 0
+    computed_prompt_tokens: int = 0  # prompt tokens run through the model (the rest came cached)
+    prefill_seconds: float = 0.0
+    decode_steps: int = 0
+    decode_row_steps: int = 0  # sum over steps of the rows in the batch
+    decode_seconds: float = 0.0
+    generated_tokens: int = 0
+
+    def summary(self) -> str:
+        rows = self.decode_row_steps / max(1, self.decode_steps)
+        return (f"{self.prompts} prompts; prefill {self.prefill_seconds:.1f} s for "
+                f"{self.computed_prompt_tokens}/{self.prompt_tokens} prompt tokens computed; "
+                f"decode {self.decode_seconds:.1f} s for {self.decode_steps} steps "
+                f"({rows:.1f} rows/step, {1000 * self.decode_seconds / max(1, self.decode_steps):.0f} ms/step), "
+                f"{self.generated_tokens} tokens")
+
+
+# --------------------------------------------------------------------------- KV cache
+
+class _Batch:
+    """Bookkeeping shared by every layer's cache of one batch.
+
+    The key/value columns of row ``b`` may contain holes (left padding, padding between a
+    cached prefix and the rest of the prompt); ``valid[b, c]`` says whether column ``c`` holds
+    a real token. ``positions[b]`` is the RoPE position of row ``b``'s next real token.
+    """
+
+    def __init__(self, valid: np.ndarray, positions: np.ndarray):
+        self.valid = valid  # (B, T) bool, host side: the mask is rebuilt from it per call
+        self.positions = np.asarray(positions, dtype=np.int64)  # (B,)
+        self.width = valid.shape[1]  # columns written so far
+        self.holes = not bool(valid.all())
+        self._offset: Any = None
+        self._mask: Any = None
+        self._n = 0
+
+    @property
+    def size(self) -> int:
+        return self.valid.shape[0]
+
+    def begin(self, n: int, pad: np.ndarray | None = None) -> None:
+        """Announce a block of ``n`` columns; ``pad[b]`` leading columns of row b are padding."""
+        B = self.size
+        block_valid = np.ones((B, n), dtype=bool)
+        if pad is not None and pad.any():
+            block_valid[np.arange(n)[None, :] < pad[:, None]] = False
+            self.holes = True
+            starts = self.positions - pad  # the padding gets (ignored) positions before the row's
+        else:
+            pad = np.zeros(B, dtype=np.int64)
+            starts = self.positions
+        self.valid = np.concatenate([self.valid, block_valid], axis=1)
+        # RoPE: an int offset is the fast path (and what unbatched generation uses).
+        if B == 1 or not (starts != starts[0]).any():
+            self._offset = int(starts[0])
+        else:
+            self._offset = mx.array(starts.astype(np.int32))
+        self._mask = self._make_mask(n)
+        self._n = n
+        self.positions = self.positions + (n - pad)
+
+    def end(self) -> None:
+        self.width += self._n
+        self._n = 0
+
+    def _make_mask(self, n: int):
+        T = self.width + n
+        if not self.holes:
+            return None if n == 1 else "causal"
+        valid = self.valid[:, :T]
+        if n == 1:
+            return mx.array(valid[:, None, None, :])  # (B, 1, 1, T); the new column is valid
+        q = np.arange(self.width, T)[:, None]  # (n, 1) query columns
+        k = np.arange(T)[None, :]  # (1, T) key columns
+        # A padding query may see only itself: every softmax row keeps one finite entry, so no
+        # NaN reaches the (masked) values the real tokens read.
+        allowed = (k <= q)[None] & (valid[:, None, :] | (k == q)[None])  # (B, n, T)
+        return mx.array(allowed[:, None])
+
+    def filter(self, keep: np.ndarray) -> int:
+        """Keep rows ``keep``; returns how many leading columns became padding everywhere."""
+        self.valid = self.valid[keep]
+        self.positions = self.positions[keep]
+        any_valid = self.valid.any(axis=0)
+        drop = int(np.argmax(any_valid)) if any_valid.any() else 0
+        if drop:
+            self.valid = self.valid[:, drop:]
+            self.width -= drop
+        self.holes = not bool(self.valid.all())
+        return drop
+
+    def extend(self, other: "_Batch") -> tuple[int, int]:
+        """Append ``other``'s rows, right-aligning both; returns the columns of left padding
+        added to (self, other)."""
+        W = max(self.width, other.width)
+        pads = (W - self.width, W - other.width)
+        parts = [np.pad(b.valid, ((0, 0), (p, 0))) for b, p in zip((self, other), pads)]
+        self.valid = np.concatenate(parts, axis=0)
+        self.positions = np.concatenate([self.positions, other.positions])
+        self.width = W
+        self.holes = not bool(self.valid.all())
+        return pads
+
+
+class _LayerCache:
+    """The per-layer cache object mlx_lm's attention layers call (``offset``,
+    ``update_and_fetch``, ``make_mask``), writing into one preallocated buffer per batch."""
+
+    step = 128  # columns added whenever the buffer is full
+
+    def __init__(self, batch: _Batch, keys: mx.array | None = None, values: mx.array | None = None):
+        self.batch = batch
+        self.keys = keys  # (B, H, capacity, D): columns [0, batch.width) are written
+        self.values = values
+
+    @property
+    def offset(self):
+        return self.batch._offset
+
+    def make_mask(self, N: int, return_array: bool = False, window_size: int | None = None, **_):
+        if window_size is not None:
+            raise NotImplementedError("sliding-window attention is generated unbatched")
+        mask = self.batch._mask
+        if return_array and isinstance(mask, str):
+            T = self.batch.width + N
+            return mx.array(np.tril(np.ones((N, T), dtype=bool), k=T - N))
+        return mask
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array):
+        start = self.batch.width
+        end = start + keys.shape[2]
+        if self.keys is None or end > self.keys.shape[2]:
+            have = 0 if self.keys is None else start
+            grow = (end - have + self.step - 1) // self.step * self.step
+            B, H, _, Dk = keys.shape
+            new_k = mx.zeros((B, H, grow, Dk), keys.dtype)
+            new_v = mx.zeros((B, H, grow, values.shape[3]), values.dtype)
+            if self.keys is None:
+                self.keys, self.values = new_k, new_v
+            else:
+                self.keys = mx.concatenate([self.keys[..., :start, :], new_k], axis=2)
+                self.values = mx.concatenate([self.values[..., :start, :], new_v], axis=2)
+        # Written in place (the buffer has one owner), as mlx_lm's KVCache does.
+        self.keys[..., start:end, :] = keys
+        self.values[..., start:end, :] = values
+        return self.keys[..., :end, :], self.values[..., :end, :]
+
+    def filter(self, keep: mx.array, drop: int) -> None:
+        if self.keys is not None:
+            self.keys = self.keys[keep, :, drop:, :]
+            self.values = self.values[keep, :, drop:, :]
+
+    def extend(self, other: "_LayerCache", pads: tuple[int, int], width: int) -> None:
+        """Append ``other``'s rows; ``pads`` as returned by :meth:`_Batch.extend` (called
+        after it, so ``width`` is the merged width). Leaves room for ``step`` more columns."""
+        parts_k, parts_v = [], []
+        for c, p in zip((self, other), pads):
+            old = width - p  # columns written in c
+            spec = [(0, 0), (0, 0), (p, self.step), (0, 0)]
+            parts_k.append(mx.pad(c.keys[..., :old, :], spec))
+            parts_v.append(mx.pad(c.values[..., :old, :], spec))
+        self.keys = mx.concatenate(parts_k, axis=0)
+        self.values = mx.concatenate(parts_v, axis=0)
+
+    def snapshot(self, row: int = 0) -> tuple[mx.array, mx.array]:
+        """(keys, values) of row ``row``'s written columns, shape (1, H, T, D)."""
+        T = self.batch.width
+        return self.keys[row: row + 1, :, :T, :], self.values[row: row + 1, :, :T, :]
+
+    @property
+    def state(self):
+        return self.keys, self.values
+
+
+def _supports_batching(model) -> bool:
+    from mlx_lm.models.cache import KVCache, make_prompt_cache
+
+    try:
+        caches = make_prompt_cache(model)
+    except Exception:
+        return False
+    return bool(caches) and all(type(c) is KVCache for c in caches)
+
+
+# --------------------------------------------------------------------------- prefix store
+
+@dataclass
+class _Prefix:
+    tokens: tuple[int, ...]
+    kv: list[tuple[mx.array, mx.array]]  # per layer, each (1, H, len(tokens), D)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(k.nbytes + v.nbytes for k, v in self.kv)
+
+
+def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.nonzero(np.asarray(a[:n]) != np.asarray(b[:n]))[0]
+    return int(diff[0]) if len(diff) else n
+
+
+class PrefixStore:
+    """An LRU of prompt-prefix KV caches, bounded in bytes.
+
+    ``lookup`` returns the entry sharing the longest common prefix with a token sequence; a
+    stored prefix is reusable up to that length (keys/values past it are simply not read).
+    """
+
+    def __init__(self, max_bytes: int, keep: int = 4):
+        self.max_bytes = max_bytes
+        # The newest few entries survive any byte budget: within one call they are the
+        # prefixes of the group being decoded.
+        self.keep = keep
+        self.entries: OrderedDict[tuple[int, ...], _Prefix] = OrderedDict()
+        self.nbytes = 0
+
+    def lookup(self, tokens: Sequence[int]) -> tuple[_Prefix | None, int]:
+        best, best_len = None, 0
+        for entry in self.entries.values():
+            n = _lcp(entry.tokens, tokens)
+            if n > best_len:
+                best, best_len = entry, n
+        if best is not None:
+            self.entries.move_to_end(best.tokens)
+        return best, best_len
+
+    def add(self, entry: _Prefix) -> None:
+        if not entry.tokens:
+            return
+        old = self.entries.pop(entry.tokens, None)
+        if old is not None:
+            self.nbytes -= old.nbytes
+        self.entries[entry.tokens] = entry
+        self.nbytes += entry.nbytes
+        while self.nbytes > self.max_bytes and len(self.entries) > self.keep:
+            _, evicted = self.entries.popitem(last=False)
+            self.nbytes -= evicted.nbytes
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.nbytes = 0
+
+
+# --------------------------------------------------------------------------- per-row state
+
+class _Row:
+    """Decoding state of one prompt: detokenized text, stop-string search, streaming."""
+
+    def __init__(self, index: int, tokens: list[int], detokenizer, eos_ids: set[int],
+                 stop: list[str], max_tokens: int, callback: StreamCallback | None):
+        self.index = index
+        self.prompt = tokens
+        self.detok = detokenizer
+        self.eos_ids = eos_ids
+        self.stop = stop
+        self.holdback = max((len(s) for s in stop), default=1) - 1
+        self.max_tokens = max_tokens
+        self.callback = callback
+        self.generated: list[int] = []
+        self.text = ""
+        self.emitted = 0
+        self.finish_reason: str | None = None
+        self.cached = 0
+        self.group_prefix = 0
+        self.t_start = 0.0
+        self.t_end = 0.0
+
+    def add(self, token: int) -> bool:
+        """Take one generated token; returns True when the row is finished."""
+        self.generated.append(token)
+        if token in self.eos_ids:
+            self.finish_reason = "stop"
+        else:
+            self.detok.add_token(token)
+            self.text += self.detok.last_segment
+            if self._cut_at_stop():
+                self.finish_reason = "stop"
+            elif len(self.generated) >= self.max_tokens:
+                self.finish_reason = "length"
+        if self.finish_reason is not None:
+            self.detok.finalize()
+            self.text += self.detok.last_segment
+            self._cut_at_stop()
+            self._emit(final=True)
+            return True
+        self._emit(final=False)
+        return False
+
+    def _cut_at_stop(self) -> bool:
+        hits = [self.text.find(s) for s in self.stop if s]
+        hits = [h for h in hits if h >= 0]
+        if hits:
+            self.text = self.text[: min(hits)]
+            return True
+        return False
+
+    def _emit(self, final: bool) -> None:
+        if self.callback is None:
+            return
+        # Hold back text that could be the start of a stop string until it is decided.
+        upto = len(self.text) if final else max(self.emitted, len(self.text) - self.holdback)
+        if upto > self.emitted:
+            self.callback(self.index, self.text[self.emitted: upto])
+            self.emitted = upto
+
+
+class _Active:
+    """The rows being decoded together: their cache, and their next tokens (queued)."""
+
+    def __init__(self, batch: _Batch, caches: list[_LayerCache], rows: list[_Row], y: mx.array):
+        self.batch = batch
+        self.caches = caches
+        self.rows = rows
+        self.y = y  # (B,) the token each row takes next, not yet added to the rows
+
+    @property
+    def size(self) -> int:
+        return len(self.rows)
+
+    def filter(self, keep: list[int]) -> None:
+        idx = np.array(keep)
+        drop = self.batch.filter(idx)
+        keep_mx = mx.array(idx.astype(np.int32))
+        for c in self.caches:
+            c.filter(keep_mx, drop)
+        self.y = self.y[keep_mx]
+        self.rows = [self.rows[j] for j in keep]
+
+    def extend(self, other: "_Active") -> "_Active":
+        pads = self.batch.extend(other.batch)
+        for c, o in zip(self.caches, other.caches):
+            c.extend(o, pads, self.batch.width)
+        self.y = mx.concatenate([self.y, other.y])
+        self.rows += other.rows
+        return self
+
+
+# --------------------------------------------------------------------------- generator
+
+class SQLGenerator:
+    """Batched generation for a :class:`~mlx_text2sql.models.load.LoadedModel`.
+
+    ``prefix_cache_mb`` bounds the shared-prefix store kept between calls (0: prefixes are
+    shared within a call only);
+    ``block_tokens`` is the longest prompt remainder prefilled as a padded batch block (longer
+    ones are prefilled one prompt at a time); ``min_shared`` is the fewest tokens beyond the
+    prefix common to all prompts that make a group worth caching separately.
+    """
+
+    def __init__(self, loaded, *, prefix_cache_mb: float = 512, block_tokens: int = 64,
+                 min_shared: int = 16, prefill_step: int = 512):
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.eos_ids = set(int(t) for t in loaded.eos_token_ids)
+        self.stop = [s for s in (loaded.stop or []) if s]
+        self.store = PrefixStore(int(prefix_cache_mb * 2**20))
+        self.block_tokens = max(1, block_tokens)
+        self.min_shared = min_shared
+        self.prefill_step = prefill_step
+        self.batched = _supports_batching(self.model)
+        self.n_layers = len(self.model.layers)
+        self.stats = Stats()
+
+    # ----------------------------------------------------------------- prompts
+
+    def prompt_text(self, messages: Messages) -> str:
+        """The chat template's rendering of ``messages`` with the generation prompt appended."""
+        return self.loaded.apply_chat_template(list(messages), add_generation_prompt=True)
+
+    def prompt_tokens(self, prompt: Prompt) -> list[int]:
+        """Token ids for a prompt: chat messages are rendered with the model's chat template
+        (generation prompt appended); text is encoded as training encodes prompts
+        (``tuner.data.Encoder.encode_prompt``, mlx_lm's rule): the tokenizer adds its special
+        tokens (BOS) unless the text already starts with the BOS. A list of ints is taken as
+        token ids."""
+        if isinstance(prompt, str):
+            text = prompt
+        else:
+            prompt = list(prompt)
+            if prompt and not isinstance(prompt[0], dict):
+                return [int(t) for t in prompt]
+            text = self.prompt_text(prompt)
+        bos = getattr(getattr(self.tokenizer, "_tokenizer", self.tokenizer), "bos_token", None)
+        add = bos is None or not text.startswith(bos)
+        return list(self.tokenizer.encode(text, add_special_tokens=add))
+
+    # ----------------------------------------------------------------- public entry
+
+    def generate(self, prompts: Sequence[Prompt], *, max_tokens: int = 128, temp: float = 0.0,
+                 top_p: float = 1.0, seed: int | None = None, batch_size: int = 8,
+                 stream_callback: StreamCallback | None = None, stop: Sequence[str] | None = None,
+                 progress: Callable[[int], None] | None = None) -> list[Result]:
+        """Generate one reply per prompt, in input order.
+
+        prompts:   chat message lists (rendered with the model's template), raw strings or
+                   token-id lists.
+        temp, top_p: sampling (temp 0 = greedy), through ``mlx_lm.sample_utils.make_sampler``.
+        seed:      seeds MLX's generator first, so a run is reproducible (for the same
+                   prompts and batch size).
+        stream_callback(i, piece): called with each new piece of prompt ``i``'s reply text;
+                   text that could begin a stop string is held back until decided.
+        stop:      stop strings (default: the model's template stop strings).
+        progress(n): called with the number of prompts finished since the last call.
+        """
+        from mlx_lm.sample_utils import make_sampler
+
+        if max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if seed is not None:
+            mx.random.seed(seed)
+        sampler = make_sampler(temp=temp, top_p=top_p if 0 < top_p < 1 else 0.0)
+        stops = self.stop if stop is None else [s for s in stop if s]
+        token_lists = [self.prompt_tokens(p) for p in prompts]
+        for i, toks in enumerate(token_lists):
+            if not toks:
+                raise ValueError(f"prompt {i} is empty")
+        rows = [_Row(i, toks, self.tokenizer.detokenizer, self.eos_ids, stops, max_tokens,
+                     stream_callback) for i, toks in enumerate(token_lists)]
+        results: list[Result | None] = [None] * len(rows)
+
+        if not self.batched:
+            for row in rows:
+                row.t_start = time.perf_counter()
+                self._generate_unbatched(row, sampler)
+                results[row.index] = self._result(row, row.t_start, stops)
+                if progress:
+                    progress(1)
+            return results  # type: ignore[return-value]
+
+        order, group_prefix = self._plan(token_lists)
+        for row in rows:
+            row.group_prefix = group_prefix[row.index]
+        if len(token_lists) > 1:
+            # The part every prompt shares (chat header + system text) is computed once.
+            common = min(_lcp(token_lists[order[0]], token_lists[order[-1]]),
+                         *(len(t) - 1 for t in token_lists))
+            if common >= self.min_shared:
+                self._prefix(token_lists[order[0]][:common])
+
+        def finished(row: _Row) -> None:
+            results[row.index] = self._result(row, row.t_start, stops)
+            if progress:
+                progress(1)
+
+        try:
+            self._decode(deque(rows[i] for i in order), sampler, batch_size, finished)
+        finally:
+            if self.store.max_bytes <= 0:
+                self.store.clear()  # reuse within a call only
+        self.stats.prompts += len(rows)
+        self.stats.prompt_tokens += sum(len(t) for t in token_lists)
+        return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _result(row: _Row, t0: float, stops: list[str]) -> Result:
+        return Result(text=row.text, sql=extract_sql(row.text, stops), n_prompt_tokens=len(row.prompt),
+                      n_tokens=len(row.generated), seconds=max(0.0, row.t_end - t0),
+                      finish_reason=row.finish_reason or "length", n_cached_tokens=row.cached,
+                      tokens=list(row.generated))
+
+    # ----------------------------------------------------------------- planning
+
+    def _plan(self, token_lists: list[list[int]]) -> tuple[list[int], list[int]]:
+        """Order prompts so that shared prefixes are adjacent; for each prompt, the length of
+        the prefix its group shares (0 when it shares nothing worth caching)."""
+        order = sorted(range(len(token_lists)), key=lambda i: token_lists[i])
+        group_prefix = [0] * len(token_lists)
+        if len(order) < 2:
+            return order, group_prefix
+        adjacent = [_lcp(token_lists[a], token_lists[b]) for a, b in zip(order, order[1:])]
+        floor = min(adjacent)  # the prefix every prompt shares
+        groups: list[list[int]] = [[order[0]]]
+        shared = [len(token_lists[order[0]])]
+        for i, n in zip(order[1:], adjacent):
+            # Join the current group while it still shares a useful amount beyond the common
+            # floor, and not far less than the group shares so far (a weak link must not cut
+            # a long shared schema down to a few tokens for everyone).
+            joined = min(shared[-1], n)
+            if n - floor >= self.min_shared and (len(groups[-1]) == 1 or joined * 2 >= shared[-1]):
+                groups[-1].append(i)
+                shared[-1] = joined
+            else:
+                groups.append([i])
+                shared.append(len(token_lists[i]))
+        for members, n in zip(groups, shared):
+            if len(members) < 2:
+                continue
+            n = min(n, *(len(token_lists[i]) - 1 for i in members))
+            for i in members:
+                group_prefix[i] = n
+        return order, group_prefix
+
+    # ----------------------------------------------------------------- prefill
+
+    def _prefix(self, tokens: list[int]) -> _Prefix:
+        """The KV cache of ``tokens`` (stored), computed from the longest stored prefix."""
+        entry, reused = self.store.lookup(tokens)
+        if entry is not None and reused == len(tokens):
+            if len(entry.tokens) == reused:
+                return entry
+            new = _Prefix(tuple(tokens), [(k[..., :reused, :], v[..., :reused, :]) for k, v in entry.kv])
+            self.store.add(new)
+            return new
+        batch = _Batch(np.ones((1, reused), dtype=bool), np.array([reused]))
+        if entry is not None and reused:
+            caches = [_LayerCache(batch, k[..., :reused, :], v[..., :reused, :]) for k, v in entry.kv]
+        else:
+            caches = [_LayerCache(batch) for _ in range(self.n_layers)]
+        rest = tokens[reused:]
+        for s in range(0, len(rest), self.prefill_step):
+            chunk = rest[s: s + self.prefill_step]
+            batch.begin(len(chunk))
+            self.model(mx.array([chunk]), cache=caches)
+            batch.end()
+            # Only the cache is evaluated: the logits of a prefill are never computed.
+            mx.eval([c.state for c in caches])
+        self.stats.computed_prompt_tokens += len(rest)
+        new = _Prefix(tuple(tokens), [c.snapshot() for c in caches])
+        self.store.add(new)
+        return new
+
+    def _prefill(self, rows: list[_Row], sampler) -> "_Active":
+        """Run ``rows``' prompts through the model; returns them as a batch whose first tokens
+        are queued (not yet read)."""
+        # 1. Each row starts from a cached prefix; long remainders are prefilled alone.
+        starts: list[tuple[_Prefix | None, int]] = []
+        for row in rows:
+            toks = row.prompt
+            if row.group_prefix:
+                entry, n = self._prefix(toks[: row.group_prefix]), row.group_prefix
+            else:
+                entry, n = self.store.lookup(toks)
+                n = min(n, len(toks) - 1)
+            row.cached = n
+            if len(toks) - n > self.block_tokens:
+                entry, n = self._prefix(toks[:-1]), len(toks) - 1
+            starts.append((entry, n))
+
+        # 2. One cache for these rows: prefixes right-aligned in P columns (left padding before).
+        lengths = np.array([n for _, n in starts])
+        P = int(lengths.max())
+        batch = _Batch(np.arange(P)[None, :] >= (P - lengths)[:, None], lengths)
+        if P == 0:
+            caches = [_LayerCache(batch) for _ in range(self.n_layers)]
+        else:
+            caches = []
+            ref = next(e for e, n in starts if n)
+            for layer in range(self.n_layers):
+                ks, vs = [], []
+                for entry, n in starts:
+                    if n:
+                        k, v = (a[..., :n, :] for a in entry.kv[layer])
+                        if n < P:
+                            spec = [(0, 0), (0, 0), (P - n, 0), (0, 0)]
+                            k, v = mx.pad(k, spec), mx.pad(v, spec)
+                    else:  # nothing cached for this row: all P columns are padding
+                        rk, rv = ref.kv[layer]
+                        k = mx.zeros((1, rk.shape[1], P, rk.shape[3]), rk.dtype)
+                        v = mx.zeros((1, rv.shape[1], P, rv.shape[3]), rv.dtype)
+                    ks.append(k)
+                    vs.append(v)
+                caches.append(_LayerCache(batch, mx.concatenate(ks, axis=0), mx.concatenate(vs, axis=0)))
+
+        # 3. The remainders as one left-padded block; all but its last column only fill the
+        # cache, the last column gives every row's first logits.
+        blocks = [row.prompt[n:] for row, (_, n) in zip(rows, starts)]
+        self.stats.computed_prompt_tokens += sum(len(b) for b in blocks)
+        W = max(len(b) for b in blocks)
+        pad = np.array([W - len(b) for b in blocks])
+        block = mx.array([[0] * (W - len(b)) + b for b in blocks])
+        if W > 1:
+            batch.begin(W - 1, pad)
+            self.model(block[:, :-1], cache=caches)
+            batch.end()
+            mx.eval([c.state for c in caches])
+        batch.begin(1)  # every row's last prompt token is real
+        y = self._sample(self.model(block[:, -1:], cache=caches), sampler)
+        batch.end()
+        return _Active(batch, caches, list(rows), y)
+
+    # ----------------------------------------------------------------- decode
+
+    def _decode(self, queue: deque, sampler, batch_size: int, finished: Callable[[_Row], None]) -> None:
+        """Continuous batching: decode the active rows one token per step, and whenever at
+        least a quarter of the batch has finished, prefill queued prompts into the free rows."""
+        active: _Active | None = None
+        admit = max(1, batch_size // 4)
+        while queue or active is not None:
+            free = batch_size - (active.size if active else 0)
+            if queue and (active is None or free >= min(admit, len(queue))):
+                t = time.perf_counter()
+                new_rows = [queue.popleft() for _ in range(min(free, len(queue)))]
+                for row in new_rows:
+                    row.t_start = t
+                new = self._prefill(new_rows, sampler)
+                mx.eval(new.y)
+                active = new if active is None else active.extend(new)
+                self.stats.prefill_seconds += time.perf_counter() - t
+
+            t = time.perf_counter()
+            # Queue the next step before reading this step's tokens, so the host-side work
+            # (detokenizing, stop strings) overlaps the model's.
+            next_y = None
+            if any(len(r.generated) + 2 <= r.max_tokens for r in active.rows):
+                active.batch.begin(1)
+                next_y = self._sample(self.model(active.y[:, None], cache=active.caches), sampler)
+                active.batch.end()
+                mx.async_eval(next_y)
+                self.stats.decode_steps += 1
+                self.stats.decode_row_steps += active.size
+            tokens = active.y.tolist()
+            now = time.perf_counter()
+            keep = []
+            for j, (row, tok) in enumerate(zip(active.rows, tokens)):
+                if row.add(int(tok)):
+                    row.t_end = now
+                    self.stats.generated_tokens += len(row.generated)
+                    finished(row)
+                else:
+                    keep.append(j)
+            if not keep:
+                active = None
+            else:
+                assert next_y is not None, "a row outlived max_tokens"
+                active.y = next_y
+                if len(keep) < active.size:
+                    active.filter(keep)
+            self.stats.decode_seconds += time.perf_counter() - t
+
+    @staticmethod
+    def _sample(logits: mx.array, sampler) -> mx.array:
+        logits = logits[:, -1, :]
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        return sampler(logprobs)
+
+    # ----------------------------------------------------------------- fallback
+
+    def _generate_unbatched(self, row: _Row, sampler) -> None:
+        """One prompt through mlx_lm's ``generate_step`` (models with non-standard caches)."""
+        from mlx_lm.generate import generate_step
+
+        for tok, _ in generate_step(mx.array(row.prompt), self.model, max_tokens=row.max_tokens,
+                                    sampler=sampler):
+            if row.add(int(tok)):
+                break
+        row.t_end = time.perf_counter()
+        row.finish_reason = row.finish_reason or "length"

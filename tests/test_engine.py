@@ -1,0 +1,303 @@
+"""The batched generation engine: parity with unbatched greedy decoding (mlx_lm's own
+``generate_step``), batching and prefix-cache invariance, stopping on EOS ids and stop strings,
+streaming, sampling.
+
+Two kinds of tiny models: random ones (session fixtures from conftest) whose replies are
+arbitrary token soup, compared token for token against mlx_lm; and "programmed" ones
+(:func:`make_programmed_model`) whose weights are set so that greedy decoding writes a chosen
+reply, so stopping and extraction have a known answer.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx_lm.generate import generate_step
+
+from mlx_text2sql.engine import PrefixStore, SQLGenerator, _lcp
+from mlx_text2sql.models import load_model
+from mlx_text2sql.prompts import build_messages
+
+SCHEMAS = [
+    'CREATE TABLE "singer" (\n  "name" TEXT,\n  "age" INTEGER,\n  "country" TEXT,\n  "song_name" TEXT\n);\n'
+    "/* 3 example rows from \"singer\":\nname | age | country | song_name\nArt Long | 31 | France | Hey\n"
+    "Mike | 40 | United States | Ohio\nButler | 25 | Kansas | Guard\n*/",
+    'CREATE TABLE "head" ("id" INT, "born_state" TEXT, "age" REAL, "department_id" INT)',
+    "CREATE TABLE t (a INT)",
+]
+QUESTIONS = [
+    "how many singers?", "what is the name of the oldest singer", "list all", "which state",
+    "average age of heads born in the state of Alabama and older than 56", "who", "count",
+    "what are the names of all the singers who are older than the average age of all singers in France",
+    "max age", "min age", "names", "ids",
+]
+
+
+def prompts_set():
+    return [build_messages(q, SCHEMAS[i % 3]) for i, q in enumerate(QUESTIONS)]
+
+
+def reference_tokens(lm, tokens, n):
+    """Unbatched greedy decoding by mlx_lm itself (no stopping: ``n`` tokens)."""
+    return [int(t) for t, _ in generate_step(mx.array(tokens), lm.model, max_tokens=n)]
+
+
+# --------------------------------------------------------------------------- programmed models
+
+def make_programmed_model(path, reply: str, template: str = "chatml", arch: str = "llama",
+                          end: str | None = "eos") -> Path:
+    """A tiny model whose greedy reply to any prompt (ending like the template's generation
+    prompt) is ``reply``, followed by the template's EOS token (``end="eos"``), or by nothing
+    in particular (``end=None``: the last reply token loops to itself).
+
+    How: attention and MLP outputs are zeroed, so the final hidden state is the (normalised)
+    embedding of the current token: a bigram machine. Each token of the chain (the prompt's
+    last token, then the reply's tokens) gets a one-hot embedding e_k, and the output row of
+    its successor is 10 * e_k, which beats every random logit by far.
+    """
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tinymodels import make_tiny_model
+
+    from mlx_text2sql.prompts import get_template
+
+    path = make_tiny_model(path, arch, template)
+    lm = load_model(str(path))
+    gen = SQLGenerator(lm)
+    last = gen.prompt_tokens(build_messages("q", "CREATE TABLE t (a INT)"))[-1]
+    reply_ids = lm.tokenizer.encode(reply, add_special_tokens=False)
+    chain = [last] + list(reply_ids)
+    if end == "eos":
+        eos = get_template(template).eos
+        chain.append(lm.tokenizer.convert_tokens_to_ids(eos))
+    assert len(set(chain)) == len(chain), f"tokens repeat in {chain}: pick another reply"
+    weights = dict(mx.load(str(path / "model.safetensors")))
+    hidden = weights["model.embed_tokens.weight"].shape[1]
+    assert len(chain) <= hidden
+    embed = np.array(weights["model.embed_tokens.weight"])
+    head = np.array(weights["lm_head.weight"])
+    for k, tok in enumerate(chain):
+        embed[tok] = 0.0
+        embed[tok, k] = 1.0
+        nxt = chain[k + 1] if k + 1 < len(chain) else (tok if end is None else None)
+        if nxt is not None:
+            head[nxt] = 0.0
+            head[nxt, k] = 10.0
+    weights["model.embed_tokens.weight"] = mx.array(embed)
+    weights["lm_head.weight"] = mx.array(head)
+    for name in list(weights):
+        if name.endswith(("self_attn.o_proj.weight", "mlp.down_proj.weight")):
+            weights[name] = mx.zeros_like(weights[name])
+    mx.save_safetensors(str(path / "model.safetensors"), weights, metadata={"format": "mlx"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def programmed(tmp_path_factory):
+    return make_programmed_model(tmp_path_factory.mktemp("prog"), 'SELECT name FROM singer WHERE age > 30')
+
+
+# --------------------------------------------------------------------------- parity
+
+@pytest.fixture(scope="module")
+def lm_random(tiny_llama):
+    return load_model(str(tiny_llama))
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_greedy_matches_unbatched_mlx_lm(lm_random, batch_size):
+    gen = SQLGenerator(lm_random)
+    prompts = prompts_set()
+    results = gen.generate(prompts, max_tokens=12, batch_size=batch_size)
+    for p, r in zip(prompts, results):
+        assert r.tokens == reference_tokens(lm_random, gen.prompt_tokens(p), 12)
+        assert r.n_tokens == 12 and r.finish_reason == "length"
+        assert r.n_prompt_tokens == len(gen.prompt_tokens(p))
+
+
+def test_rows_finishing_at_different_steps_refill_the_batch_without_changing_tokens(lm_random):
+    """Stop strings end rows early at different steps; freed rows are refilled mid-decode
+    (continuous batching) and every row still gets exactly mlx_lm's tokens up to its stop."""
+    prompts = prompts_set() * 2
+    gen = SQLGenerator(lm_random)
+    refs = [reference_tokens(lm_random, gen.prompt_tokens(p), 20) for p in prompts]
+    unbatched = SQLGenerator(lm_random).generate(prompts, max_tokens=20, batch_size=1, stop=["e", "<"])
+    lengths = {r.n_tokens for r in unbatched}
+    assert len(lengths) > 2, "the stop strings should end rows at different steps"
+    for bs in (2, 5, 8):
+        gen = SQLGenerator(lm_random)
+        results = gen.generate(prompts, max_tokens=20, batch_size=bs, stop=["e", "<"])
+        for r, u, ref in zip(results, unbatched, refs):
+            assert r.tokens == u.tokens == ref[: len(r.tokens)]
+            assert r.text == u.text
+        assert gen.stats.decode_row_steps > gen.stats.decode_steps  # rows really shared steps
+
+
+@pytest.mark.parametrize("block_tokens", [1, 4, 64])
+def test_prompt_remainders_prefilled_as_a_block_or_alone_agree(lm_random, block_tokens):
+    prompts = prompts_set()
+    base = SQLGenerator(lm_random, prefix_cache_mb=0).generate(prompts, max_tokens=8, batch_size=1)
+    gen = SQLGenerator(lm_random, block_tokens=block_tokens)
+    results = gen.generate(prompts, max_tokens=8, batch_size=6)
+    assert [r.tokens for r in results] == [r.tokens for r in base]
+
+
+def test_other_architectures_and_templates_match_mlx_lm(tiny_mistral, tiny_tinyllama):
+    for folder in (tiny_mistral, tiny_tinyllama):
+        lm = load_model(str(folder))
+        gen = SQLGenerator(lm)
+        prompts = prompts_set()[:5]
+        results = gen.generate(prompts, max_tokens=6, batch_size=4)
+        for p, r in zip(prompts, results):
+            assert r.tokens == reference_tokens(lm, gen.prompt_tokens(p), 6)
+
+
+def test_prefix_cache_is_reused_across_calls_and_gives_the_same_tokens(lm_random):
+    gen = SQLGenerator(lm_random)
+    p1 = build_messages("how many singers are there?", SCHEMAS[0])
+    p2 = build_messages("which singer is the oldest?", SCHEMAS[0])
+    [r1] = gen.generate([p1], max_tokens=6)
+    assert r1.n_cached_tokens == 0
+    [r2] = gen.generate([p2], max_tokens=6)
+    t2 = gen.prompt_tokens(p2)
+    shared = _lcp(gen.prompt_tokens(p1), t2)
+    assert r2.n_cached_tokens == shared > len(t2) // 2  # the schema came from the store
+    assert r2.tokens == reference_tokens(lm_random, t2, 6)
+    assert gen.stats.computed_prompt_tokens == len(gen.prompt_tokens(p1)) + len(t2) - shared
+
+
+def test_questions_on_one_schema_share_its_prefill(lm_random):
+    gen = SQLGenerator(lm_random, prefix_cache_mb=0)
+    prompts = [build_messages(q, SCHEMAS[0]) for q in QUESTIONS[:6]]
+    results = gen.generate(prompts, max_tokens=3, batch_size=8)
+    total = sum(len(gen.prompt_tokens(p)) for p in prompts)
+    assert all(r.n_cached_tokens > 0 for r in results)
+    # the schema is computed once, not six times
+    assert gen.stats.computed_prompt_tokens < total / 3
+    for p, r in zip(prompts, results):
+        assert r.tokens == reference_tokens(lm_random, gen.prompt_tokens(p), 3)
+
+
+def test_prefix_store_lookup_and_byte_bound():
+    from mlx_text2sql.engine import _Prefix
+
+    def entry(tokens):
+        kv = [(mx.zeros((1, 1, len(tokens), 4)), mx.zeros((1, 1, len(tokens), 4)))]
+        return _Prefix(tuple(tokens), kv)
+
+    one = entry([1, 2, 3, 4]).nbytes
+    store = PrefixStore(max_bytes=2 * one, keep=1)
+    store.add(entry([1, 2, 3, 4]))
+    store.add(entry([1, 2, 9, 9]))
+    e, n = store.lookup([1, 2, 3, 7, 7])
+    assert e.tokens == (1, 2, 3, 4) and n == 3
+    store.add(entry([5, 6, 7, 8]))  # evicts the least recently used: (1, 2, 9, 9)
+    assert set(store.entries) == {(1, 2, 3, 4), (5, 6, 7, 8)}
+    assert store.lookup([9])[0] is None and store.nbytes == 2 * one
+
+
+# --------------------------------------------------------------------------- stopping
+
+def test_programmed_model_stops_at_eos(programmed):
+    lm = load_model(str(programmed))
+    gen = SQLGenerator(lm)
+    prompts = [build_messages(q, SCHEMAS[i % 3]) for i, q in enumerate(QUESTIONS[:5])]
+    for r in gen.generate(prompts, max_tokens=50, batch_size=4):
+        assert r.text == "SELECT name FROM singer WHERE age > 30"
+        assert r.sql == r.text
+        assert r.finish_reason == "stop"
+        assert r.tokens[-1] in lm.eos_token_ids
+        assert r.n_tokens == len(lm.tokenizer.encode(r.text, add_special_tokens=False)) + 1
+
+
+def test_max_tokens_cuts_the_reply(programmed):
+    lm = load_model(str(programmed))
+    [r] = SQLGenerator(lm).generate([build_messages("q", SCHEMAS[0])], max_tokens=3)
+    assert r.finish_reason == "length" and r.n_tokens == 3
+    assert "SELECT name FROM singer".startswith(r.text) and r.text
+
+
+def test_stop_string_spanning_tokens_is_cut_and_never_streamed(programmed):
+    lm = load_model(str(programmed))
+    pieces: dict[int, list[str]] = {}
+    results = SQLGenerator(lm).generate(
+        [build_messages("q", SCHEMAS[0]), build_messages("q2", SCHEMAS[1])], max_tokens=50,
+        stop=[" WHERE ag"], stream_callback=lambda i, s: pieces.setdefault(i, []).append(s))
+    for i, r in enumerate(results):
+        assert r.text == "SELECT name FROM singer"
+        assert r.finish_reason == "stop"
+        assert "".join(pieces[i]) == r.text  # the held-back " WHERE" never reached the stream
+
+
+def test_streaming_pieces_add_up_to_the_reply(programmed):
+    lm = load_model(str(programmed))
+    pieces = []
+    [r] = SQLGenerator(lm).generate([build_messages("q", SCHEMAS[0])],
+                                   stream_callback=lambda i, s: pieces.append((i, s)))
+    assert len(pieces) > 1 and {i for i, _ in pieces} == {0}
+    assert "".join(s for _, s in pieces) == r.text == "SELECT name FROM singer WHERE age > 30"
+
+
+def test_templates_eos_is_learned_stop(tmp_path):
+    """Zephyr and [INST] models end their turn with </s>: generation stops there too."""
+    for template, arch in (("zephyr", "llama"), ("mistral", "mistral")):
+        folder = make_programmed_model(tmp_path / template, "SELECT COUNT(*) FROM head", template, arch)
+        lm = load_model(str(folder))
+        [r] = SQLGenerator(lm).generate([build_messages("how many heads?", SCHEMAS[1])], max_tokens=40)
+        assert (r.text, r.finish_reason) == ("SELECT COUNT(*) FROM head", "stop"), template
+
+
+def test_sampling_is_seeded_and_temperature_changes_output(lm_random):
+    gen = SQLGenerator(lm_random)
+    prompts = prompts_set()[:4]
+    a = gen.generate(prompts, max_tokens=10, temp=1.5, seed=7)
+    b = gen.generate(prompts, max_tokens=10, temp=1.5, seed=7)
+    greedy = gen.generate(prompts, max_tokens=10)
+    assert [r.tokens for r in a] == [r.tokens for r in b]
+    assert [r.tokens for r in a] != [r.tokens for r in greedy]
+
+
+def test_top_p_keeps_only_the_likely_tokens(programmed):
+    """At temperature 50 the programmed reply's token is ~1% likely after tempering, so plain
+    sampling wanders off; top-p works on the untempered distribution, where that token holds
+    nearly all the mass, so top_p=0.5 keeps it alone."""
+    lm = load_model(str(programmed))
+    gen = SQLGenerator(lm)
+    prompts = [build_messages("q", SCHEMAS[0])] * 3
+    wild = gen.generate(prompts, max_tokens=8, temp=50.0, seed=1)
+    assert all(not r.text.startswith("SELECT name") for r in wild)
+    nucleus = gen.generate(prompts, max_tokens=50, temp=50.0, top_p=0.5, seed=1)
+    assert [r.text for r in nucleus] == ["SELECT name FROM singer WHERE age > 30"] * 3
+
+
+def test_prompt_tokens_match_the_trainers_encoding(tiny_llama, tiny_mistral, tiny_tinyllama):
+    """Generation must feed the model the prompt tokens training taught it."""
+    from mlx_text2sql.tuner.data import Encoder
+
+    for folder in (tiny_llama, tiny_mistral, tiny_tinyllama):
+        lm = load_model(str(folder))
+        enc = Encoder(lm.tokenizer, lm.eos)
+        msgs = build_messages("how many?", SCHEMAS[0])
+        assert SQLGenerator(lm).prompt_tokens(msgs) == enc.encode_prompt(enc.chat(msgs, add_generation_prompt=True))
+
+
+def test_bad_arguments(lm_random):
+    gen = SQLGenerator(lm_random)
+    with pytest.raises(ValueError):
+        gen.generate([build_messages("q", SCHEMAS[0])], max_tokens=0)
+    with pytest.raises(ValueError):
+        gen.generate([build_messages("q", SCHEMAS[0])], batch_size=0)
+    assert gen.generate([]) == []
+
+
+def test_results_are_json_friendly(programmed):
+    from dataclasses import asdict
+
+    lm = load_model(str(programmed))
+    [r] = SQLGenerator(lm).generate([build_messages("q", SCHEMAS[0])])
+    assert json.loads(json.dumps(asdict(r)))["sql"] == r.sql
