@@ -200,9 +200,20 @@ def load(args):
     return loaded
 
 
-def _prompt_settings(loaded) -> dict:
-    cfg = getattr(loaded, "adapter", None) or {}
-    prompt = cfg.get("prompt") if isinstance(cfg, dict) else None
+def _trained_prompt_settings(args) -> dict:
+    """The prompt settings the model was trained with (sample rows, system prompt): from the
+    adapter's config, or from the info ``fuse`` leaves in a fused model folder."""
+    prompt = None
+    if args.adapter_path:
+        from .tuner.lora import read_adapter_config
+
+        prompt = read_adapter_config(args.adapter_path).get("prompt")
+    elif args.model and (Path(args.model) / "mlx_text2sql_fuse.json").is_file():
+        try:
+            info = json.loads((Path(args.model) / "mlx_text2sql_fuse.json").read_text(encoding="utf-8"))
+            prompt = info.get("prompt") if isinstance(info, dict) else None
+        except (OSError, ValueError):
+            prompt = None  # a damaged note only costs the defaults
     return prompt if isinstance(prompt, dict) else {}
 
 
@@ -214,12 +225,7 @@ def _main(argv) -> int:
     from .prompts import DEFAULT_SAMPLE_ROWS, SYSTEM_PROMPT
 
     # Cheap checks (schema, database, input file) before the model loads.
-    if args.adapter_path:
-        from .tuner.lora import read_adapter_config
-
-        trained = (read_adapter_config(args.adapter_path).get("prompt") or {})
-    else:
-        trained = {}
+    trained = _trained_prompt_settings(args)
     sample_rows = args.sample_rows
     if sample_rows is None:
         sample_rows = trained.get("sample_rows")
