@@ -47,7 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "grad_checkpoint": False,
     "lr": 5e-4,
     "lr_schedule": "cosine",       # constant | cosine | linear
-    "warmup": 10,                  # linear warm-up steps
+    "warmup": None,                # linear warm-up steps; None: 5% of the run
     "min_lr": 0.0,                 # where cosine / linear decay ends
     "optimizer": "adamw",          # adam | adamw
     "weight_decay": 0.0,
@@ -102,7 +102,9 @@ def from_mapping(raw: dict, source: str = "config") -> tuple[dict, list[str]]:
         return out, [f"{source}: expected a mapping of settings, got {type(raw).__name__}"]
     for key, value in raw.items():
         k = _norm_key(key)
-        if k in DEFAULTS:
+        if k == "lr_schedule" and isinstance(value, dict):
+            _mlx_lm_schedule(value, out, problems, source)
+        elif k in DEFAULTS:
             out[k] = value
         elif k == "lora_parameters":
             if not isinstance(value, dict):
@@ -134,8 +136,6 @@ def from_mapping(raw: dict, source: str = "config") -> tuple[dict, list[str]]:
                 for opt_cfg in value.values():
                     if isinstance(opt_cfg, dict) and "weight_decay" in opt_cfg:
                         out["weight_decay"] = opt_cfg["weight_decay"]
-        elif k == "lr_schedule" and isinstance(value, dict):
-            _mlx_lm_schedule(value, out, problems, source)
         elif k in ALIASES:
             if ALIASES[k] is not None:
                 out[ALIASES[k]] = value
@@ -324,9 +324,9 @@ def validate(cfg: dict) -> dict:
     need_num("lr", 0, lo_open=True)
     if c.get("lr_schedule") not in SCHEDULES:
         p.append(f"lr_schedule must be one of {', '.join(SCHEDULES)} (got {c.get('lr_schedule')!r})")
-    need_int("warmup", 0)
+    need_int("warmup", 0, allow_none=True)
     need_num("min_lr", 0)
-    if _is_num(c.get("min_lr")) and _is_num(c.get("lr")) and c["min_lr"] > c["lr"]:
+    if _is_num(c.get("min_lr")) and _is_num(c.get("lr")) and 0 < c["lr"] < c["min_lr"]:
         p.append(f"min_lr ({c['min_lr']}) must not exceed lr ({c['lr']})")
     if c.get("optimizer") not in OPTIMIZERS:
         p.append(f"optimizer must be one of {', '.join(OPTIMIZERS)} (got {c.get('optimizer')!r})")

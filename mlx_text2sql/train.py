@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recompute activations in the backward pass (less memory, ~30%% slower)")
     g.add_argument("--lr", "--learning-rate", dest="lr", type=float, help="peak learning rate (default 5e-4)")
     g.add_argument("--lr-schedule", choices=["constant", "cosine", "linear"], help="default cosine")
-    g.add_argument("--warmup", type=int, help="linear warm-up steps (default 10)")
+    g.add_argument("--warmup", type=int, help="linear warm-up steps (default: 5%% of the steps)")
     g.add_argument("--min-lr", type=float, help="learning rate at the end of cosine/linear decay (default 0)")
     g.add_argument("--optimizer", choices=["adam", "adamw"], help="default adamw")
     g.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0)")
@@ -283,7 +283,10 @@ def _main(argv: list[str] | None) -> int:
         metrics.append(METRIC_FACTORIES[cfg["best_metric"]](ctx))
 
     # --- optimizer, resume
-    optimizer = make_optimizer(cfg["optimizer"], cfg["lr"], schedule=cfg["lr_schedule"], warmup=cfg["warmup"],
+    warmup = cfg["warmup"] if cfg["warmup"] is not None else round(0.05 * total)
+    if warmup >= total > 1:
+        raise ConfigError(f"warmup ({warmup}) must be shorter than the run ({total} steps)")
+    optimizer = make_optimizer(cfg["optimizer"], cfg["lr"], schedule=cfg["lr_schedule"], warmup=warmup,
                                total=total, min_lr=cfg["min_lr"], weight_decay=cfg["weight_decay"])
     start = None
     if checkpoint is not None:
