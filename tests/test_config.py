@@ -114,3 +114,19 @@ def test_validate_normalises(data_dir):
 def test_resume_without_checkpoint_is_a_config_error(tmp_path, data_dir):
     with pytest.raises(ConfigError, match="no checkpoint found"):
         settings(["--data", str(data_dir), "-o", str(tmp_path / "ad"), "--resume"])
+
+
+@pytest.mark.parametrize("path", sorted((C.Path(__file__).resolve().parent.parent / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_example_configs_are_valid(path, data_dir):
+    layer, problems = C.load_yaml(path)
+    assert problems == []
+    cfg = C.validate(C.merge(layer, {"data": str(data_dir)}))
+    assert cfg["rank"] >= 1
+
+
+def test_default_yaml_lists_every_default():
+    layer, problems = C.load_yaml(C.Path(__file__).resolve().parent.parent / "configs" / "default.yaml")
+    assert problems == [] and set(layer) == set(C.DEFAULTS) - {"resume"}
+    assert all(layer[k] == C.DEFAULTS[k] for k in layer), {k: (layer[k], C.DEFAULTS[k])
+                                                           for k in layer if layer[k] != C.DEFAULTS[k]}
