@@ -382,6 +382,28 @@ class _Row:
             self.emitted = upto
 
 
+def _split_by_length(lengths: Sequence[int], overhead: float) -> list[tuple[int, int]]:
+    """Split ascending ``lengths`` into contiguous runs ``[lo, hi)`` minimising the padded
+    block work plus a fixed cost per model call: sum over runs of
+    ``overhead + (hi - lo) * lengths[hi - 1]`` (in tokens). Dynamic programming, O(n^2)."""
+    n = len(lengths)
+    best = [0.0] + [float("inf")] * n
+    cut = [0] * (n + 1)
+    for hi in range(1, n + 1):
+        for lo in range(hi):
+            # a block of width 1 is one model call; wider ones take two (see _prefill_block)
+            calls = 1 if lengths[hi - 1] == 1 else 2
+            cost = best[lo] + calls * overhead + (hi - lo) * lengths[hi - 1]
+            if cost < best[hi]:
+                best[hi], cut[hi] = cost, lo
+    runs = []
+    hi = n
+    while hi > 0:
+        runs.append((cut[hi], hi))
+        hi = cut[hi]
+    return runs[::-1]
+
+
 class _Active:
     """The rows being decoded together: their cache, and their next tokens (queued)."""
 
@@ -422,11 +444,14 @@ class SQLGenerator:
     shared within a call only);
     ``block_tokens`` is the longest prompt remainder prefilled as a padded batch block (longer
     ones are prefilled one prompt at a time); ``min_shared`` is the fewest tokens beyond the
-    prefix common to all prompts that make a group worth caching separately.
+    prefix common to all prompts that make a group worth caching separately;
+    ``call_overhead_tokens`` is what one model call costs beyond its tokens (reading every
+    weight once), in tokens of prefill: it decides how finely remainders of different lengths
+    are split into separately prefilled blocks.
     """
 
     def __init__(self, loaded, *, prefix_cache_mb: float = 512, block_tokens: int = 64,
-                 min_shared: int = 16, prefill_step: int = 512):
+                 min_shared: int = 16, prefill_step: int = 512, call_overhead_tokens: float = 12):
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
@@ -436,6 +461,7 @@ class SQLGenerator:
         self.block_tokens = max(1, block_tokens)
         self.min_shared = min_shared
         self.prefill_step = prefill_step
+        self.call_overhead_tokens = call_overhead_tokens
         self.batched = _supports_batching(self.model)
         self.n_layers = len(self.model.layers)
         self.stats = Stats()
@@ -617,7 +643,20 @@ class SQLGenerator:
                 entry, n = self._prefix(toks[:-1]), len(toks) - 1
             starts.append((entry, n))
 
-        # 2. One cache for these rows: prefixes right-aligned in P columns (left padding before).
+        # 2. Rows of similar remainder length are prefilled together, so that little of a
+        # block is padding.
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i].prompt) - starts[i][1])
+        remainders = [len(rows[i].prompt) - starts[i][1] for i in order]
+        active = None
+        for lo, hi in _split_by_length(remainders, self.call_overhead_tokens):
+            part = order[lo:hi]
+            new = self._prefill_block([rows[i] for i in part], [starts[i] for i in part], sampler)
+            active = new if active is None else active.extend(new)
+        return active
+
+    def _prefill_block(self, rows: list[_Row], starts: list[tuple[_Prefix | None, int]], sampler) -> "_Active":
+        """Rows starting from cached prefixes, their remainders prefilled as one block."""
+        # One cache for these rows: prefixes right-aligned in P columns (left padding before).
         lengths = np.array([n for _, n in starts])
         P = int(lengths.max())
         batch = _Batch(np.arange(P)[None, :] >= (P - lengths)[:, None], lengths)
@@ -642,7 +681,7 @@ class SQLGenerator:
                     vs.append(v)
                 caches.append(_LayerCache(batch, mx.concatenate(ks, axis=0), mx.concatenate(vs, axis=0)))
 
-        # 3. The remainders as one left-padded block; all but its last column only fill the
+        # The remainders as one left-padded block; all but its last column only fill the
         # cache, the last column gives every row's first logits.
         blocks = [row.prompt[n:] for row, (_, n) in zip(rows, starts)]
         self.stats.computed_prompt_tokens += sum(len(b) for b in blocks)

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import ConfigError, InputError, Text2SQLError, run_cli
+from .errors import ConfigError, InputError, run_cli
 
 EPILOG = """examples:
   # ask the bundled sample database, run the query
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temp", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default 1: off)")
     g.add_argument("--seed", type=int, default=None, help="random seed for sampling")
-    g.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (default 8)")
+    g.add_argument("--batch-size", type=int, default=16, help="prompts decoded together (default 16)")
     g.add_argument("--stream", action="store_true",
                    help="show the reply on stderr as it is generated (stdout still gets only the SQL)")
     g.add_argument("--show-prompt", action="store_true", help="print the full prompt to stderr")

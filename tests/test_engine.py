@@ -301,3 +301,50 @@ def test_results_are_json_friendly(programmed):
     lm = load_model(str(programmed))
     [r] = SQLGenerator(lm).generate([build_messages("q", SCHEMAS[0])])
     assert json.loads(json.dumps(asdict(r)))["sql"] == r.sql
+
+
+def test_unbatched_fallback_gives_the_same_replies(lm_random, programmed):
+    """Models whose caches are not plain KVCaches go one prompt at a time through mlx_lm's
+    generate_step, with the same stopping rules and results."""
+    prompts = prompts_set()[:5]
+    batched = SQLGenerator(lm_random).generate(prompts, max_tokens=15, batch_size=4, stop=["e"])
+    gen = SQLGenerator(lm_random)
+    gen.batched = False
+    done = []
+    fallback = gen.generate(prompts, max_tokens=15, stop=["e"], progress=done.append)
+    assert [r.tokens for r in fallback] == [r.tokens for r in batched]
+    assert [r.text for r in fallback] == [r.text for r in batched]
+    assert sum(done) == len(prompts)
+    lm = load_model(str(programmed))
+    gen = SQLGenerator(lm)
+    gen.batched = False
+    [r] = gen.generate([build_messages("q", SCHEMAS[0])], max_tokens=50)
+    assert (r.text, r.finish_reason, r.tokens[-1] in lm.eos_token_ids) == (
+        "SELECT name FROM singer WHERE age > 30", "stop", True)
+
+
+def test_models_with_sliding_window_caches_are_not_batched(lm_random):
+    from mlx_lm.models.cache import RotatingKVCache
+
+    class Windowed:
+        layers = lm_random.model.layers
+
+        def make_cache(self):
+            return [RotatingKVCache(max_size=16) for _ in self.layers]
+
+    from mlx_text2sql.engine import _supports_batching
+
+    assert _supports_batching(lm_random.model)
+    assert not _supports_batching(Windowed())
+
+
+def test_edge_prompts_chunked_prefill_duplicates_and_single_tokens(lm_random):
+    """Prefill in chunks (a prompt longer than prefill_step), duplicate prompts, a one-token
+    prompt and raw token ids, mixed in one batch: each still gets mlx_lm's tokens."""
+    gen = SQLGenerator(lm_random, prefill_step=16)
+    long = build_messages("how many?", "\n".join(SCHEMAS))
+    prompts = [long, long, [5], build_messages("who", SCHEMAS[1]), "SELECT name FROM"]
+    results = gen.generate(prompts, max_tokens=6, batch_size=5)
+    assert results[0].tokens == results[1].tokens
+    for p, r in zip(prompts, results):
+        assert r.tokens == reference_tokens(lm_random, gen.prompt_tokens(p), 6)

@@ -20,8 +20,6 @@ from mlx_text2sql.tuner.lora import apply_lora, load_with_adapter, save_adapter
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-TOKENS = None
-
 
 def probe_tokens(lm):
     msgs = build_messages("how many singers are older than 30?", "CREATE TABLE singer (name TEXT, age INT)")
