@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-plot", dest="plot", action="store_false", default=None, help="skip loss.png")
     g.add_argument("--no-compile", dest="compile", action="store_false", default=True,
                    help="run the step uncompiled (debugging)")
+    g.add_argument("--no-fast-ops", dest="fast_ops", action="store_false", default=True,
+                   help="use MLX's exp/softmax/SiLU instead of the faster polynomial versions")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -321,7 +323,7 @@ def _main(argv: list[str] | None) -> int:
         train_on_prompt=cfg["train_on_prompt"], eval_every=cfg["eval_every"], val_batches=cfg["val_batches"],
         early_stop=cfg["early_stop"], best_metric=cfg["best_metric"], save_every=cfg["save_every"],
         keep_checkpoints=cfg["keep_checkpoints"], report_every=cfg["report_every"], seed=cfg["seed"],
-        adapter_path=str(adapter_path), compile=ns.compile)
+        adapter_path=str(adapter_path), compile=ns.compile, fast_ops=ns.fast_ops)
     callbacks = []
     if rank == 0:
         callbacks.append(JsonlLog(adapter_path / "log.jsonl", keep_until=start.step if start else None))

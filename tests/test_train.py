@@ -279,3 +279,22 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_llama, toy_data,
     wa = np.load(tmp_path / "full" / "adapters.npz")
     wb = np.load(tmp_path / "cut" / "adapters.npz")
     assert all(np.array_equal(wa[k], wb[k]) for k in wa.files)
+
+
+@pytest.mark.slow
+def test_two_steps_on_the_real_smollm2(tmp_path):
+    """The default model (the SmolLM2-135M-Instruct GGUF, dequantized on CPU) trains end to end."""
+    from mlx_text2sql.train import main
+
+    data = write_dataset(tmp_path / "data", n_train=8, n_valid=4)
+    out = tmp_path / "adapters"
+    assert main(["--data", str(data), "--iters", "2", "--batch-size", "2", "--eval-every", "2",
+                 "--val-batches", "1", "--report-every", "1", "-o", str(out), "--quiet", "--no-plot"]) == 0
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["base_model"] == "smollm2-135m" and cfg["dequantized"] is True
+    assert cfg["prompt"]["eos"] == "<|im_end|>"
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if r["type"] == "train"]
+    assert len(losses) == 2 and all(np.isfinite(losses)) and losses[0] < 5  # an instruct model: low start
+    weights = np.load(out / "adapters.npz")
+    assert len(weights.files) == 30 * 7 * 2  # 30 blocks x 7 projections x (A, B)

@@ -39,6 +39,7 @@ from mlx.utils import tree_flatten, tree_map, tree_map_with_path
 from ..errors import TrainingError
 from ..jsonl import write_json
 from .data import TokenizedSet, collate, epoch_batches, eval_batches
+from .fastops import fast_llama_ops
 from .lora import save_adapter
 
 
@@ -63,6 +64,7 @@ class TrainArgs:
     adapter_path: str = "adapters"
     pad_to: int = 16
     compile: bool = True
+    fast_ops: bool = True                # polynomial exp for softmax / SiLU (see .fastops)
 
 
 # --------------------------------------------------------------------------- loss
@@ -475,12 +477,12 @@ def train(model, optimizer, train_set: TokenizedSet, args: TrainArgs, *, loss=No
     history: list[dict] = []
     first_loss = last_loss = None
     stopped_early = False
-    window = {"loss": 0.0, "steps": 0, "tokens": 0, "loss_tokens": 0, "seconds": 0.0}
-    emit("on_start", {"step": state.step, "iters": args.iters, "examples": len(train_set),
-                      "batches_per_epoch": len(order), "processes": size,
-                      "answer_only_head": bool(getattr(loss, "answer_only_head", False))})
+    window = {"loss": 0.0, "steps": 0, "tokens": 0, "loss_tokens": 0, "seconds": 0.0, "cpu": 0.0}
     model.train()
-    with grad_checkpointing(model, args.grad_checkpoint):
+    with grad_checkpointing(model, args.grad_checkpoint), fast_llama_ops(model, args.fast_ops) as fast:
+        emit("on_start", {"step": state.step, "iters": args.iters, "examples": len(train_set),
+                          "batches_per_epoch": len(order), "processes": size, "fast_ops": fast,
+                          "answer_only_head": bool(getattr(loss, "answer_only_head", False))})
         if fresh and metrics:
             values = run_metrics()
             info = {"type": "eval", "step": 0, **values}
@@ -488,7 +490,7 @@ def train(model, optimizer, train_set: TokenizedSet, args: TrainArgs, *, loss=No
             emit("on_eval", info)
             consider(values)
         while state.step < args.iters:
-            tic = time.perf_counter()
+            tic, cpu_tic = time.perf_counter(), time.process_time()
             acc = None
             tokens = loss_tokens = 0
             for _ in range(args.grad_accum):
@@ -523,6 +525,7 @@ def train(model, optimizer, train_set: TokenizedSet, args: TrainArgs, *, loss=No
             window["tokens"] += tokens
             window["loss_tokens"] += loss_tokens
             window["seconds"] += dt
+            window["cpu"] += time.process_time() - cpu_tic
             emit("on_step", state.step)
 
             if state.step % args.report_every == 0 or state.step == args.iters:
@@ -533,6 +536,8 @@ def train(model, optimizer, train_set: TokenizedSet, args: TrainArgs, *, loss=No
                     "lr": float(optimizer.learning_rate.item()),
                     "grad_norm": nv,
                     "tokens_per_second": window["tokens"] / window["seconds"],
+                    # CPU seconds of this process per step: steadier than wall time on a busy machine
+                    "cpu_seconds_per_step": window["cpu"] / window["steps"],
                     "trained_tokens": state.tokens,
                     "loss_tokens": window["loss_tokens"],
                     "peak_memory_gb": mx.get_peak_memory() / 1e9,
