@@ -40,7 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "lora_layers": None,           # adapt only the last N blocks; None: all
     "dora": False,
     # schedule
-    "iters": 150,                  # optimizer steps (each = grad_accum batches)
+    "iters": 60,                   # optimizer steps (each = grad_accum batches)
     "epochs": None,                # alternative to iters: passes over the training set
     "batch_size": 4,
     "grad_accum": 1,
@@ -54,15 +54,15 @@ DEFAULTS: dict[str, Any] = {
     "max_grad_norm": 1.0,          # 0 / None: no clipping
     "seed": 0,
     # validation, saving, reporting
-    "eval_every": 50,
+    "eval_every": 20,
     "val_batches": 8,              # batches of valid.jsonl per evaluation; -1: all
     "early_stop": None,            # stop after N evaluations without improvement
     "best_metric": "val_loss",     # metric that picks adapters/best/
     "adapter_path": "adapters",
-    "save_every": 50,
+    "save_every": 20,
     "keep_checkpoints": 3,         # newest checkpoints kept; 0: keep all
     "resume": None,                # "latest" or a checkpoint / adapter folder
-    "report_every": 10,
+    "report_every": 5,
     "plot": True,
 }
 
