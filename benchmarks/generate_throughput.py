@@ -38,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=int, default=64, help="examples to run (default 64)")
     p.add_argument("--max-tokens", type=int, default=96)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--draft-tokens", type=int, default=4,
+                   help="prompt-lookup guesses verified per greedy step (0: off)")
     p.add_argument("--latency-runs", type=int, default=3, help="single-query repetitions")
     p.add_argument("--skip-baseline", action="store_true", help="time our engine only")
     return p.parse_args(argv)
@@ -73,7 +75,7 @@ def main(argv=None) -> int:
     lm = load(args)
     print(f"model {args.model} ({args.dtype}), {len(prompts)} prompts from {args.input}; {blas_status()}")
 
-    engine = SQLGenerator(lm)
+    engine = SQLGenerator(lm, draft_tokens=args.draft_tokens)
     ids = [engine.prompt_tokens(p) for p in prompts]
     n_tables = len({r.get("table") or r.get("db_id") or r.get("schema") for r in records})
     print(f"prompt tokens: mean {statistics.mean(map(len, ids)):.0f}, max {max(map(len, ids))}; "

@@ -80,6 +80,8 @@ class Stats:
     decode_row_steps: int = 0  # sum over steps of the rows in the batch
     decode_seconds: float = 0.0
     generated_tokens: int = 0
+    drafted_tokens: int = 0  # prompt-lookup guesses fed to the model
+    accepted_tokens: int = 0  # guesses that were right (tokens gained without a step)
 
     def summary(self) -> str:
         rows = self.decode_row_steps / max(1, self.decode_steps)
@@ -87,7 +89,8 @@ class Stats:
                 f"{self.computed_prompt_tokens}/{self.prompt_tokens} prompt tokens computed; "
                 f"decode {self.decode_seconds:.1f} s for {self.decode_steps} steps "
                 f"({rows:.1f} rows/step, {1000 * self.decode_seconds / max(1, self.decode_steps):.0f} ms/step), "
-                f"{self.generated_tokens} tokens")
+                f"{self.generated_tokens} tokens"
+                + (f"; drafts: {self.accepted_tokens}/{self.drafted_tokens} accepted" if self.drafted_tokens else ""))
 
 
 # --------------------------------------------------------------------------- KV cache
@@ -108,16 +111,26 @@ class _Batch:
         self._offset: Any = None
         self._mask: Any = None
         self._n = 0
+        self._block_start = 0
+        self._block_positions = self.positions
 
     @property
     def size(self) -> int:
         return self.valid.shape[0]
 
-    def begin(self, n: int, pad: np.ndarray | None = None) -> None:
-        """Announce a block of ``n`` columns; ``pad[b]`` leading columns of row b are padding."""
+    def begin(self, n: int, pad: np.ndarray | None = None, lengths: np.ndarray | None = None) -> None:
+        """Announce a block of ``n`` columns: ``pad[b]`` leading columns of row b are padding
+        (left-padded prompt remainders), or only the first ``lengths[b]`` are real
+        (right-padded draft blocks)."""
         B = self.size
         block_valid = np.ones((B, n), dtype=bool)
-        if pad is not None and pad.any():
+        self._block_start, self._block_positions = self.width, self.positions
+        if lengths is not None and (lengths < n).any():
+            block_valid[np.arange(n)[None, :] >= lengths[:, None]] = False
+            self.holes = True
+            starts = self.positions
+            pad = n - lengths  # counted as padding for the position update below
+        elif pad is not None and pad.any():
             block_valid[np.arange(n)[None, :] < pad[:, None]] = False
             self.holes = True
             starts = self.positions - pad  # the padding gets (ignored) positions before the row's
@@ -137,6 +150,15 @@ class _Batch:
     def end(self) -> None:
         self.width += self._n
         self._n = 0
+
+    def keep_block_prefix(self, kept: np.ndarray) -> None:
+        """After a draft block: row b keeps only its first ``kept[b]`` block columns (the fed
+        token and the accepted drafts); the rest become holes, and positions follow."""
+        start = self._block_start
+        cols = np.arange(self.width - start)[None, :]
+        self.valid[:, start:] &= cols < kept[:, None]
+        self.positions = self._block_positions + kept
+        self.holes = not bool(self.valid.all())
 
     def _make_mask(self, n: int):
         T = self.width + n
@@ -321,6 +343,44 @@ class PrefixStore:
 
 # --------------------------------------------------------------------------- per-row state
 
+class _Lookup:
+    """Prompt-lookup drafts: the tokens that followed the latest earlier occurrence of the
+    sequence's last ``n`` tokens (longest ``n`` first, up to ``n_max``), in the prompt or the
+    reply so far. SQL copies table names, column names and values from the schema and the
+    question, so these guesses are often right, and verifying them costs one model call."""
+
+    def __init__(self, tokens: Sequence[int], n_max: int = 3):
+        self.tokens: list[int] = []
+        self.n_max = n_max
+        self.latest: list[dict] = [{} for _ in range(n_max + 1)]  # n -> {n-gram: end of latest occurrence}
+        self.match: list[int | None] = [None] * (n_max + 1)  # n -> end of the previous occurrence of the suffix
+        for t in tokens:
+            self.push(t)
+
+    def push(self, token: int) -> None:
+        self.tokens.append(token)
+        end = len(self.tokens)
+        for n in range(1, self.n_max + 1):
+            if end < n:
+                self.match[n] = None
+                continue
+            gram = tuple(self.tokens[end - n:])
+            self.match[n] = self.latest[n].get(gram)
+            self.latest[n][gram] = end
+
+    def draft(self, k: int) -> list[int]:
+        """Up to ``k`` guessed next tokens; a match on the last token alone is weak evidence,
+        so it proposes one token only (measured on WikiSQL: nearly the same tokens per step
+        for a third fewer wasted guesses)."""
+        if k <= 0:
+            return []
+        for n in range(self.n_max, 0, -1):
+            e = self.match[n]
+            if e is not None:
+                return self.tokens[e: e + (k if n > 1 else 1)]
+        return []
+
+
 class _Row:
     """Decoding state of one prompt: detokenized text, stop-string search, streaming."""
 
@@ -342,10 +402,13 @@ class _Row:
         self.group_prefix = 0
         self.t_start = 0.0
         self.t_end = 0.0
+        self.lookup: _Lookup | None = None  # set for speculative decoding
 
     def add(self, token: int) -> bool:
         """Take one generated token; returns True when the row is finished."""
         self.generated.append(token)
+        if self.lookup is not None:
+            self.lookup.push(token)
         if token in self.eos_ids:
             self.finish_reason = "stop"
         else:
@@ -417,7 +480,7 @@ class _Active:
     def size(self) -> int:
         return len(self.rows)
 
-    def filter(self, keep: list[int]) -> None:
+    def filter(self, keep: list[int]) -> "_Active":
         idx = np.array(keep)
         drop = self.batch.filter(idx)
         keep_mx = mx.array(idx.astype(np.int32))
@@ -425,6 +488,7 @@ class _Active:
             c.filter(keep_mx, drop)
         self.y = self.y[keep_mx]
         self.rows = [self.rows[j] for j in keep]
+        return self
 
     def extend(self, other: "_Active") -> "_Active":
         pads = self.batch.extend(other.batch)
@@ -447,11 +511,14 @@ class SQLGenerator:
     prefix common to all prompts that make a group worth caching separately;
     ``call_overhead_tokens`` is what one model call costs beyond its tokens (reading every
     weight once), in tokens of prefill: it decides how finely remainders of different lengths
-    are split into separately prefilled blocks.
+    are split into separately prefilled blocks; ``draft_tokens`` is how many prompt-lookup
+    guesses greedy decoding verifies per step (0: one token per step, the next step queued
+    while the host reads the last).
     """
 
     def __init__(self, loaded, *, prefix_cache_mb: float = 512, block_tokens: int = 64,
-                 min_shared: int = 16, prefill_step: int = 512, call_overhead_tokens: float = 12):
+                 min_shared: int = 16, prefill_step: int = 512, call_overhead_tokens: float = 12,
+                 draft_tokens: int = 4):
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
@@ -462,6 +529,7 @@ class SQLGenerator:
         self.min_shared = min_shared
         self.prefill_step = prefill_step
         self.call_overhead_tokens = call_overhead_tokens
+        self.draft_tokens = max(0, draft_tokens)
         self.batched = _supports_batching(self.model)
         self.n_layers = len(self.model.layers)
         self.stats = Stats()
@@ -550,7 +618,11 @@ class SQLGenerator:
                 progress(1)
 
         try:
-            self._decode(deque(rows[i] for i in order), sampler, batch_size, finished)
+            queue = deque(rows[i] for i in order)
+            if temp == 0 and self.draft_tokens > 0:
+                self._decode_speculative(queue, batch_size, finished)
+            else:
+                self._decode(queue, sampler, batch_size, finished)
         finally:
             if self.store.max_bytes <= 0:
                 self.store.clear()  # reuse within a call only
@@ -700,22 +772,35 @@ class SQLGenerator:
 
     # ----------------------------------------------------------------- decode
 
+    def _admit(self, active: "_Active | None", queue: deque, batch_size: int, sampler) -> "_Active | None":
+        """Prefill queued prompts into the free rows when at least a quarter of the batch is
+        free (or nothing is active); returns the new rows as a batch (their first tokens
+        evaluated, not yet read), or None."""
+        free = batch_size - (active.size if active else 0)
+        if not queue or (active is not None and free < min(max(1, batch_size // 4), len(queue))):
+            return None
+        t = time.perf_counter()
+        rows = [queue.popleft() for _ in range(min(free, len(queue)))]
+        for row in rows:
+            row.t_start = t
+        new = self._prefill(rows, sampler)
+        mx.eval(new.y)
+        self.stats.prefill_seconds += time.perf_counter() - t
+        return new
+
+    def _finish(self, row: _Row, now: float, finished: Callable[[_Row], None]) -> None:
+        row.t_end = now
+        self.stats.generated_tokens += len(row.generated)
+        finished(row)
+
     def _decode(self, queue: deque, sampler, batch_size: int, finished: Callable[[_Row], None]) -> None:
         """Continuous batching: decode the active rows one token per step, and whenever at
         least a quarter of the batch has finished, prefill queued prompts into the free rows."""
         active: _Active | None = None
-        admit = max(1, batch_size // 4)
         while queue or active is not None:
-            free = batch_size - (active.size if active else 0)
-            if queue and (active is None or free >= min(admit, len(queue))):
-                t = time.perf_counter()
-                new_rows = [queue.popleft() for _ in range(min(free, len(queue)))]
-                for row in new_rows:
-                    row.t_start = t
-                new = self._prefill(new_rows, sampler)
-                mx.eval(new.y)
+            new = self._admit(active, queue, batch_size, sampler)
+            if new is not None:
                 active = new if active is None else active.extend(new)
-                self.stats.prefill_seconds += time.perf_counter() - t
 
             t = time.perf_counter()
             # Queue the next step before reading this step's tokens, so the host-side work
@@ -733,9 +818,7 @@ class SQLGenerator:
             keep = []
             for j, (row, tok) in enumerate(zip(active.rows, tokens)):
                 if row.add(int(tok)):
-                    row.t_end = now
-                    self.stats.generated_tokens += len(row.generated)
-                    finished(row)
+                    self._finish(row, now, finished)
                 else:
                     keep.append(j)
             if not keep:
@@ -745,6 +828,78 @@ class SQLGenerator:
                 active.y = next_y
                 if len(keep) < active.size:
                     active.filter(keep)
+            self.stats.decode_seconds += time.perf_counter() - t
+
+    def _decode_speculative(self, queue: deque, batch_size: int, finished: Callable[[_Row], None]) -> None:
+        """Greedy decoding with prompt-lookup drafts (:class:`_Lookup`): each step feeds every
+        row its pending token plus up to ``draft_tokens`` guesses, and keeps the guesses that
+        equal the model's own greedy choice, plus that choice after the last one kept. The
+        output is greedy decoding's; a step may yield several tokens per row. Rejected guesses
+        stay in the cache as masked holes."""
+        from mlx_lm.sample_utils import make_sampler
+
+        greedy = make_sampler(temp=0.0)
+        active: _Active | None = None
+        pending: list[int] = []  # each active row's next input token (already added to the row)
+        while queue or active is not None:
+            new = self._admit(active, queue, batch_size, greedy)
+            if new is not None:
+                now = time.perf_counter()
+                keep, first = [], []
+                for j, (row, tok) in enumerate(zip(new.rows, new.y.tolist())):
+                    row.lookup = _Lookup(row.prompt)
+                    if row.add(int(tok)):
+                        self._finish(row, now, finished)
+                    else:
+                        keep.append(j)
+                        first.append(int(tok))
+                if len(keep) < new.size:
+                    new = new.filter(keep) if keep else None
+                if new is not None:
+                    active = new if active is None else active.extend(new)
+                    pending += first
+            if active is None:
+                continue
+
+            t = time.perf_counter()
+            drafts = [row.lookup.draft(min(self.draft_tokens, row.max_tokens - len(row.generated) - 1))
+                      for row in active.rows]
+            W = 1 + max(len(d) for d in drafts)
+            lengths = np.array([1 + len(d) for d in drafts])
+            block = mx.array([[y] + d + [0] * (W - 1 - len(d)) for y, d in zip(pending, drafts)])
+            active.batch.begin(W, lengths=lengths)
+            logits = self.model(block, cache=active.caches)  # (B, W, V)
+            active.batch.end()
+            logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+            choice = greedy(logprobs).tolist()  # (B, W): the greedy token after each fed one
+            self.stats.decode_steps += 1
+            self.stats.decode_row_steps += active.size
+
+            now = time.perf_counter()
+            kept = np.ones(active.size, dtype=np.int64)
+            keep, pending = [], []
+            for j, (row, d, c) in enumerate(zip(active.rows, drafts, choice)):
+                a = 0
+                while a < len(d) and d[a] == c[a]:
+                    a += 1
+                kept[j] = 1 + a
+                self.stats.drafted_tokens += len(d)
+                self.stats.accepted_tokens += a
+                done = False
+                for tok in d[:a] + [c[a]]:
+                    if row.add(int(tok)):
+                        done = True
+                        break
+                if done:
+                    self._finish(row, now, finished)
+                else:
+                    keep.append(j)
+                    pending.append(int(c[a]))
+            active.batch.keep_block_prefix(kept)
+            if not keep:
+                active = None
+            elif len(keep) < active.size:
+                active.filter(keep)
             self.stats.decode_seconds += time.perf_counter() - t
 
     @staticmethod

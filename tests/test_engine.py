@@ -348,3 +348,47 @@ def test_edge_prompts_chunked_prefill_duplicates_and_single_tokens(lm_random):
     assert results[0].tokens == results[1].tokens
     for p, r in zip(prompts, results):
         assert r.tokens == reference_tokens(lm_random, gen.prompt_tokens(p), 6)
+
+
+@pytest.mark.parametrize("draft_tokens", [0, 1, 4, 9])
+def test_prompt_lookup_drafts_never_change_greedy_output(lm_random, draft_tokens):
+    """Verified guesses (right or wrong, in batches with rows of different lengths and
+    continuous refills) give exactly mlx_lm's greedy tokens."""
+    prompts = prompts_set()
+    gen = SQLGenerator(lm_random, draft_tokens=draft_tokens)
+    results = gen.generate(prompts, max_tokens=14, batch_size=5, stop=["e"])
+    for p, r in zip(prompts, results):
+        ref = reference_tokens(lm_random, gen.prompt_tokens(p), 14)
+        assert r.tokens == ref[: len(r.tokens)]
+    if draft_tokens:
+        assert gen.stats.drafted_tokens > 0
+
+
+def test_right_guesses_save_steps(programmed):
+    """A question that quotes the SQL the model writes: prompt lookup guesses the reply's
+    tokens, so far fewer steps than tokens are needed, for the same output."""
+    lm = load_model(str(programmed))
+    prompts = [build_messages(f"Is it SELECT name FROM singer WHERE age > 30 (case {i})?", SCHEMAS[0])
+               for i in range(3)]
+    plain = SQLGenerator(lm, draft_tokens=0)
+    fast = SQLGenerator(lm, draft_tokens=4)
+    a = plain.generate(prompts, max_tokens=40, batch_size=3)
+    b = fast.generate(prompts, max_tokens=40, batch_size=3)
+    assert [r.tokens for r in a] == [r.tokens for r in b]
+    assert all(r.text == "SELECT name FROM singer WHERE age > 30" for r in b)
+    assert fast.stats.accepted_tokens > 0
+    assert fast.stats.decode_steps < plain.stats.decode_steps / 2
+
+
+def test_lookup_drafts():
+    from mlx_text2sql.engine import _Lookup
+
+    lk = _Lookup([1, 2, 3, 4, 5, 2, 3])
+    assert lk.draft(3) == [4, 5, 2]  # after the earlier "2 3" came "4 5 2"
+    lk.push(9)
+    assert lk.draft(2) == []  # 9 never appeared before
+    lk.push(2)
+    assert lk.draft(2) == [3]  # "9 2" unseen; a one-token match ("2", latest at index 5) guesses one token
+    lk.push(3)
+    assert lk.draft(4) == [9, 2, 3]  # "2 3" last came before "9 2 3"
+    assert _Lookup([]).draft(3) == [] and _Lookup([1, 1, 1]).draft(0) == []
