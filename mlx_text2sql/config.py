@@ -53,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "weight_decay": 0.0,
     "max_grad_norm": 1.0,          # 0 / None: no clipping
     "seed": 0,
+    "cpu_streams": None,           # split each batch over N CPU threads; None: one per core (CPU only)
     # validation, saving, reporting
     "eval_every": 20,
     "val_batches": 8,              # batches of valid.jsonl per evaluation; -1: all
@@ -337,6 +338,7 @@ def validate(cfg: dict) -> dict:
         c["max_grad_norm"] = None
     need_num("max_grad_norm", 0, allow_none=True, lo_open=True)
     need_int("seed", 0)
+    need_int("cpu_streams", 1, allow_none=True)
     if _is_int(c.get("iters")) and _is_int(c.get("warmup")) and c["warmup"] >= c["iters"] > 1:
         p.append(f"warmup ({c['warmup']}) must be shorter than the run ({c['iters']} steps)")
 

@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0)")
     g.add_argument("--max-grad-norm", type=float, help="clip the gradient norm (default 1.0; 0 = off)")
     g.add_argument("--seed", type=int, help="seed for LoRA init, dropout and data order (default 0)")
+    g.add_argument("--cpu-streams", type=int, metavar="N",
+                   help="split each batch over N parallel CPU streams (default: one per core, at most 4; "
+                        "MLX's elementwise CPU kernels use one core each)")
     g = p.add_argument_group("validation, saving, reporting")
     g.add_argument("--eval-every", type=int, help=f"validate every N steps (default {D['eval_every']})")
     g.add_argument("--val-batches", type=int, help=f"validation batches per evaluation, -1 = all (default {D['val_batches']})")
@@ -327,7 +330,7 @@ def _main(argv: list[str] | None) -> int:
         train_on_prompt=cfg["train_on_prompt"], eval_every=cfg["eval_every"], val_batches=cfg["val_batches"],
         early_stop=cfg["early_stop"], best_metric=cfg["best_metric"], save_every=cfg["save_every"],
         keep_checkpoints=cfg["keep_checkpoints"], report_every=cfg["report_every"], seed=cfg["seed"],
-        adapter_path=str(adapter_path), compile=ns.compile, fast_ops=ns.fast_ops)
+        adapter_path=str(adapter_path), compile=ns.compile, fast_ops=ns.fast_ops, streams=cfg["cpu_streams"])
     callbacks = []
     if rank == 0:
         callbacks.append(JsonlLog(adapter_path / "log.jsonl", keep_until=start.step if start else None))

@@ -92,20 +92,23 @@ def test_qlora_trains_and_leaves_the_quantized_base_untouched(tiny_llama, toy_da
     assert after["model.layers.0.self_attn.q_proj.linear.weight"].dtype == np.uint32
 
 
-def test_gradient_accumulation_equals_the_combined_batch(tiny_llama, toy_data, tmp_path):
-    """Token-weighted: 2 micro-batches of 2 give the gradient of the batch of 4."""
+def test_accumulation_and_streams_equal_the_combined_batch(tiny_llama, toy_data, tmp_path):
+    """Token-weighted sums: 2 micro-batches of 2, or a batch of 4 split over 2 or 4 CPU
+    streams, give the gradient of the batch of 4 on one stream."""
     results = []
-    for batch, accum in ((4, 1), (2, 2)):
+    for batch, accum, streams in ((4, 1, 1), (2, 2, 1), (4, 1, 2), (4, 1, 4)):
         lm, tr, _ = setup(tiny_llama, toy_data)
         tr.samples = tr.samples[:4]
         opt = optim.SGD(learning_rate=1.0)  # the update is the gradient itself
         r = train(lm.model, opt, tr, TrainArgs(iters=1, batch_size=batch, grad_accum=accum, save_every=100,
-                                               max_grad_norm=None, adapter_path=str(tmp_path / f"a{batch}")))
+                                               streams=streams, max_grad_norm=None,
+                                               adapter_path=str(tmp_path / f"a{batch}{streams}")))
         results.append((r.final_loss, {k: np.array(v) for k, v in adapter_weights(lm.model).items()}))
-    (l1, w1), (l2, w2) = results
-    assert abs(l1 - l2) < 1e-5
-    assert all(np.allclose(w1[k], w2[k], atol=1e-6, rtol=1e-4) for k in w1)
+    l1, w1 = results[0]
     assert any(np.abs(w1[k]).max() > 1e-3 for k in w1 if k.endswith("lora_b"))  # it did move
+    for l2, w2 in results[1:]:
+        assert abs(l1 - l2) < 1e-5
+        assert all(np.allclose(w1[k], w2[k], atol=1e-6, rtol=1e-4) for k in w1)
 
 
 def test_lr_schedules():
@@ -131,7 +134,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_adapter(tiny_lla
 
     out = tmp_path / "ad"
     opt = make_optimizer("adamw", 1e-2)
-    args = TrainArgs(iters=10, save_every=1, adapter_path=str(out), compile=False)
+    args = TrainArgs(iters=10, save_every=1, adapter_path=str(out), compile=False, streams=1)
     with pytest.raises(TrainingError, match="NaN at step 3.*holds the weights after step 2"):
         train(lm.model, opt, tr, args, loss=poisoned, adapter_config={"base_model": "tiny"})
     saved = np.load(out / "adapters.npz")

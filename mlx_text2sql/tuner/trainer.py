@@ -38,7 +38,7 @@ from mlx.utils import tree_flatten, tree_map, tree_map_with_path
 
 from ..errors import TrainingError
 from ..jsonl import write_json
-from .data import TokenizedSet, collate, epoch_batches, eval_batches
+from .data import Batch, TokenizedSet, collate, epoch_batches, eval_batches
 from .fastops import fast_llama_ops
 from .lora import save_adapter
 
@@ -65,6 +65,7 @@ class TrainArgs:
     pad_to: int = 16
     compile: bool = True
     fast_ops: bool = True                # polynomial exp for softmax / SiLU (see .fastops)
+    streams: int | None = None           # CPU streams a micro-batch is split over; None: auto
 
 
 # --------------------------------------------------------------------------- loss
@@ -330,6 +331,57 @@ def load_checkpoint(model, optimizer, path) -> LoopState:
     return state
 
 
+# --------------------------------------------------------------------------- CPU threads
+
+def auto_streams(per_process_batch: int) -> int:
+    """Streams to split a micro-batch over: one per core (at most 4) where MLX runs on the
+    CPU, one on a GPU (whose own kernels are parallel)."""
+    if mx.default_device().type != mx.DeviceType.cpu:
+        return 1
+    return max(1, min(4, os.cpu_count() or 1, per_process_batch))
+
+
+_STREAMS: list = []
+
+
+def cpu_streams(n: int) -> list:
+    """``n`` streams on the default device, created once per process and reused (each stream
+    owns a thread)."""
+    while len(_STREAMS) < n:
+        _STREAMS.append(mx.new_stream(mx.default_device()))
+    return _STREAMS[:n]
+
+
+def _openblas():
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL(None)  # OpenBLAS loaded RTLD_GLOBAL (mlx_text2sql.blas) or preloaded
+        return lib if hasattr(lib, "openblas_set_num_threads") else None
+    except OSError:
+        return None
+
+
+def openblas_threads() -> int | None:
+    lib = _openblas()
+    return int(lib.openblas_get_num_threads()) if lib is not None else None
+
+
+@contextlib.contextmanager
+def blas_threads(n: int | None):
+    """Run the block with OpenBLAS using ``n`` threads (no-op without OpenBLAS or for None)."""
+    lib = _openblas()
+    if lib is None or n is None:
+        yield
+        return
+    before = int(lib.openblas_get_num_threads())
+    lib.openblas_set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        lib.openblas_set_num_threads(before)
+
+
 # --------------------------------------------------------------------------- the loop
 
 @contextlib.contextmanager
@@ -402,16 +454,29 @@ def train(model, optimizer, train_set: TokenizedSet, args: TrainArgs, *, loss=No
             for cb in callbacks:
                 getattr(cb, hook)(*a)
 
+    # --- CPU streams: MLX's elementwise CPU kernels are single-threaded, so one stream leaves
+    # cores idle outside matrix products; k streams each take 1/k of the batch (BLAS set to
+    # one thread each, so the streams do not fight over the cores).
+    n_streams = args.streams or auto_streams(args.batch_size // size)
+    n_streams = max(1, min(n_streams, args.batch_size // size))
+    streams = [mx.default_stream(mx.default_device())] if n_streams == 1 else cpu_streams(n_streams)
+
     # --- the compiled step: accumulate gradients of summed losses, then one update
     value_and_grad = nn.value_and_grad(model, loss)
     cstate = [model.state, optimizer.state, mx.random.state]
 
-    def accumulate(inputs, index, targets, weights, acc):
-        (lsum, ntok), grads = value_and_grad(model, inputs, index, targets, weights)
-        if acc is not None:
-            grads = tree_map(mx.add, grads, acc[0])
-            lsum, ntok = lsum + acc[1], ntok + acc[2]
-        return grads, lsum, ntok
+    def accumulate(parts, acc):
+        # parts: one (inputs, index, targets, weights) per stream. Each part's forward and
+        # backward is built on its own stream, so MLX runs them on separate threads; summing
+        # gradients of summed losses keeps the result that of the whole micro-batch.
+        for stream, part in zip(streams, parts):
+            with mx.stream(stream):
+                (lsum, ntok), grads = value_and_grad(model, *part)
+            if acc is not None:
+                grads = tree_map(mx.add, grads, acc[0])
+                lsum, ntok = lsum + acc[1], ntok + acc[2]
+            acc = (grads, lsum, ntok)
+        return acc
 
     def update(grads, lsum, ntok):
         if size > 1:
@@ -431,23 +496,26 @@ def train(model, optimizer, train_set: TokenizedSet, args: TrainArgs, *, loss=No
         accumulate = mx.compile(accumulate, inputs=cstate, outputs=cstate)
         update = mx.compile(update, inputs=cstate, outputs=cstate)
 
-    def next_batch():
+    def next_batch() -> list[Batch]:
+        """This process's share of the next batch, split into one padded part per stream."""
         nonlocal order
         if state.position >= len(order):
             state.epoch += 1
             state.position = 0
             order = epoch_batches(lengths, args.batch_size, args.seed, state.epoch)
-        idx = order[state.position]
+        idx = order[state.position][rank::size]
         state.position += 1
-        return collate([train_set.samples[i] for i in idx[rank::size]], args.train_on_prompt, args.pad_to)
+        return [collate([train_set.samples[i] for i in idx[k::len(streams)]], args.train_on_prompt, args.pad_to)
+                for k in range(len(streams))]
 
     def run_metrics() -> dict:
         model.eval()
         out = {}
-        for m in metrics:
-            tic = time.perf_counter()
-            out[m.name] = m(model)
-            out[f"{m.name}_seconds"] = round(time.perf_counter() - tic, 3)
+        with blas_threads(saved_blas_threads):
+            for m in metrics:
+                tic = time.perf_counter()
+                out[m.name] = m(model)
+                out[f"{m.name}_seconds"] = round(time.perf_counter() - tic, 3)
         model.train()
         return out
 
@@ -474,14 +542,17 @@ def train(model, optimizer, train_set: TokenizedSet, args: TrainArgs, *, loss=No
         return args.early_stop is not None and state.bad_evals >= args.early_stop
 
     order = epoch_batches(lengths, args.batch_size, args.seed, state.epoch)
+    saved_blas_threads = openblas_threads()
     history: list[dict] = []
     first_loss = last_loss = None
     stopped_early = False
     window = {"loss": 0.0, "steps": 0, "tokens": 0, "loss_tokens": 0, "seconds": 0.0, "cpu": 0.0}
     model.train()
-    with grad_checkpointing(model, args.grad_checkpoint), fast_llama_ops(model, args.fast_ops) as fast:
+    with grad_checkpointing(model, args.grad_checkpoint), fast_llama_ops(model, args.fast_ops) as fast, \
+            blas_threads(1 if n_streams > 1 else None):
         emit("on_start", {"step": state.step, "iters": args.iters, "examples": len(train_set),
                           "batches_per_epoch": len(order), "processes": size, "fast_ops": fast,
+                          "streams": n_streams,
                           "answer_only_head": bool(getattr(loss, "answer_only_head", False))})
         if fresh and metrics:
             values = run_metrics()
@@ -494,11 +565,11 @@ def train(model, optimizer, train_set: TokenizedSet, args: TrainArgs, *, loss=No
             acc = None
             tokens = loss_tokens = 0
             for _ in range(args.grad_accum):
-                b = next_batch()
-                tokens += b.tokens
-                loss_tokens += b.loss_tokens
-                acc = accumulate(mx.array(b.inputs), mx.array(b.index), mx.array(b.targets),
-                                 mx.array(b.weights), acc)
+                parts = next_batch()
+                tokens += sum(b.tokens for b in parts)
+                loss_tokens += sum(b.loss_tokens for b in parts)
+                acc = accumulate([tuple(mx.array(x) for x in (b.inputs, b.index, b.targets, b.weights))
+                                  for b in parts], acc)
             before = model.trainable_parameters()  # references only: kept to undo a bad step
             step_loss, norm = update(*acc)
             mx.eval(cstate, step_loss, norm)
