@@ -132,11 +132,11 @@ def ours(args, folder: Path, out: Path, train_on_prompt: bool) -> dict:
     # Windows after the first (compile warm-up): differences of the cumulative counters.
     secs = [b["seconds"] - a["seconds"] for a, b in zip(reports, reports[1:])]
     toks = [b["trained_tokens"] - a["trained_tokens"] for a, b in zip(reports, reports[1:])]
-    cpu = [r["cpu_seconds_per_step"] * args.report_every for r in reports[1:]]
+    step_cpu = [r["cpu_seconds_per_step"] * args.report_every for r in reports[1:]]
     return {
         "name": "mlx-text2sql" + (" (loss on every token)" if train_on_prompt else " (loss on the SQL)"),
         "tokens_per_second": sum(toks) / sum(secs),
-        "tokens_per_cpu_second": sum(toks) / sum(cpu),
+        "tokens_per_cpu_second": sum(toks) / sum(step_cpu),
         "seconds_per_step": sum(secs) / (args.report_every * len(secs)),
         "peak_memory_gb": max(r["peak_memory_gb"] for r in reports),
         "process_wall_s": wall, "process_cpu_s": cpu,
