@@ -283,7 +283,7 @@ def _main(argv: list[str] | None) -> int:
     metrics = []
     if val_set is not None and len(val_set):
         metrics.append(ValLoss(loss, val_set, cfg["batch_size"], cfg["val_batches"], cfg["train_on_prompt"],
-                               world=world))
+                               world=world, streams=cfg["cpu_streams"]))
     ctx = TrainContext(loaded=lm, config=cfg, data_dir=data_dir, encoder=encoder)
     if cfg["best_metric"] != "val_loss":
         if cfg["best_metric"] not in METRIC_FACTORIES:

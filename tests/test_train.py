@@ -111,6 +111,14 @@ def test_accumulation_and_streams_equal_the_combined_batch(tiny_llama, toy_data,
         assert all(np.allclose(w1[k], w2[k], atol=1e-6, rtol=1e-4) for k in w1)
 
 
+def test_validation_loss_is_the_same_on_one_or_several_streams(tiny_llama, toy_data):
+    lm, _, va = setup(tiny_llama, toy_data)
+    loss = make_loss(lm.model)
+    values = [ValLoss(loss, va, 4, -1, streams=n)(lm.model) for n in (1, 2, 4)]
+    assert values[0] == pytest.approx(values[1], rel=1e-6) == pytest.approx(values[2], rel=1e-6)
+    assert 4 < values[0] < 7  # a random model over a 384-token vocabulary: about ln(384)
+
+
 def test_lr_schedules():
     cos = lr_schedule(1.0, schedule="cosine", warmup=4, total=14, min_lr=0.1)
     got = [cos(mx.array(s)).item() for s in range(14)]

@@ -181,31 +181,45 @@ class ValLoss:
     higher_is_better = False
 
     def __init__(self, loss_fn, val_set: TokenizedSet, batch_size: int, val_batches: int,
-                 train_on_prompt: bool = False, pad_to: int = 16, world=None):
+                 train_on_prompt: bool = False, pad_to: int = 16, world=None, streams: int | None = None):
         self.loss_fn = loss_fn
         self.val_set = val_set
-        self.world = world
-        size = world.size() if world is not None else 1
+        self.size = world.size() if world is not None else 1
         self.rank = world.rank() if world is not None else 0
-        self.size = size
         self.batches = eval_batches(val_set.lengths, batch_size, None if val_batches == -1 else val_batches)
         self.train_on_prompt = train_on_prompt
         self.pad_to = pad_to
+        per_process = max(1, batch_size // self.size)
+        self.n_streams = max(1, min(streams or auto_streams(per_process), per_process))
         self._fn = None
 
     def __call__(self, model) -> float:
+        streams = cpu_streams(self.n_streams) if self.n_streams > 1 else [mx.default_stream(mx.default_device())]
         if self._fn is None:
-            self._fn = mx.compile(partial(self.loss_fn, model), inputs=model.state)
-        total = mx.array(0.0)
-        count = mx.array(0.0)
-        for idx in self.batches:
-            mine = idx[self.rank::self.size]
-            if len(mine) == 0:
-                continue
-            b = collate([self.val_set.samples[i] for i in mine], self.train_on_prompt, self.pad_to)
-            s, n = self._fn(mx.array(b.inputs), mx.array(b.index), mx.array(b.targets), mx.array(b.weights))
-            total, count = total + s, count + n
-            mx.eval(total, count)
+            def summed(parts):
+                # each part's forward on its own stream (thread); see train()
+                total = count = mx.array(0.0)
+                for stream, part in zip(streams, parts):
+                    with mx.stream(stream):
+                        s, n = self.loss_fn(model, *part)
+                    total, count = total + s, count + n
+                return total, count
+
+            self._fn = mx.compile(summed, inputs=model.state)
+        total = count = mx.array(0.0)
+        with blas_threads(1 if self.n_streams > 1 else None):
+            for idx in self.batches:
+                mine = idx[self.rank::self.size]
+                groups = [g for g in (mine[k::self.n_streams] for k in range(self.n_streams)) if len(g)]
+                parts = []
+                for g in groups:
+                    b = collate([self.val_set.samples[i] for i in g], self.train_on_prompt, self.pad_to)
+                    parts.append(tuple(mx.array(x) for x in (b.inputs, b.index, b.targets, b.weights)))
+                if not parts:
+                    continue
+                s, n = self._fn(parts)
+                total, count = total + s, count + n
+                mx.eval(total, count)
         if self.size > 1:
             both = mx.distributed.all_sum(mx.stack([total, count]), stream=mx.cpu)
             total, count = both[0], both[1]
