@@ -223,3 +223,17 @@ def test_fusing_a_zero_adapter_changes_nothing(tiny_llama, quantize):
     assert set(after) == set(base)
     assert all(mx.array_equal(base[k], after[k]).item() for k in base)
     assert mx.array_equal(ref, lm.model(TOKENS)).item()
+
+
+def test_dora_round_trip(tiny_llama, tmp_path):
+    lm = fresh(tiny_llama)
+    apply_lora(lm.model, rank=4, dora=True, targets=["v_proj"])
+    randomize(lm.model)
+    layer = lm.model.model.layers[0].self_attn.v_proj
+    layer.m = layer.m * 1.5  # a trained magnitude
+    ref = lm.model(TOKENS)
+    save_adapter(lm.model, tmp_path / "dora", {"base_model": str(tiny_llama)})
+    assert "model.layers.0.self_attn.v_proj.m" in np.load(tmp_path / "dora" / "adapters.npz").files
+    again = load_with_adapter(tmp_path / "dora")
+    assert again.adapter["lora"]["dora"] is True
+    assert mx.allclose(ref, again.model(TOKENS), atol=1e-5).item()
