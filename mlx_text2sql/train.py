@@ -140,9 +140,12 @@ def settings(argv: list[str] | None) -> tuple[dict, argparse.Namespace, object |
                 saved = {}
                 problems.append(f"resume: cannot read {checkpoint / 'adapter_config.json'}: {e}")
             ck_layer = {k: v for k, v in saved.items() if k in C.DEFAULTS and k != "resume"}
-    if problems:
+    try:
+        cfg = C.validate(C.merge(ck_layer, yaml_layer, cli))
+    except ConfigError as e:
+        problems += e.problems
+    if problems:  # every problem of the file, the checkpoint and the values, in one error
         raise ConfigError(problems)
-    cfg = C.validate(C.merge(ck_layer, yaml_layer, cli))
     if checkpoint is not None:
         changed = [f"{k}: checkpoint has {ck_layer.get(k)!r}, this run {cfg.get(k)!r}"
                    for k in C.RESUME_LOCKED if k in ck_layer and ck_layer.get(k) != cfg.get(k)]

@@ -81,9 +81,10 @@ def test_every_problem_reported_at_once(tmp_path):
     with pytest.raises(ConfigError) as e:
         settings(["-c", write(tmp_path / "bad.yaml", text), "--data", str(tmp_path / "missing")])
     problems = e.value.problems
-    # unknown keys are reported before values are checked (with a suggestion)
+    # unknown keys (with a suggestion) and bad values, all in one error
     assert any("bogus_key" in p for p in problems)
     assert any("learning_rat" in p and "did you mean 'learning_rate'" in p for p in problems)
+    assert any("rank must be" in p for p in problems) and any("data folder" in p for p in problems)
 
     with pytest.raises(ConfigError) as e:
         settings(["-c", write(tmp_path / "bad2.yaml", text.replace("bogus_key: 1\nlearning_rat: 3\n", "")),
