@@ -57,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--schema", default=None, help="CREATE TABLE statements")
     s.add_argument("--schema-file", default=None, help="file holding CREATE TABLE statements")
     s.add_argument("--db", default=None, help="SQLite database: the schema is read from it")
-    s.add_argument("--tables", default=None, help="with --db: only these tables (comma-separated)")
+    s.add_argument("--tables", default=None,
+                   help="with --db: the tables to show, comma-separated; 'all'; or 'auto' (default): "
+                        "the tables the question is about (tables linked by foreign keys stay together; "
+                        "a database of at most 3 tables is shown whole)")
     s.add_argument("--sample-rows", type=int, default=None,
                    help="with --db: rows shown per table (default: as in training, else 3)")
 
@@ -135,16 +138,20 @@ def _log(args, msg: str) -> None:
 
 
 class Schemas:
-    """Schema text for each question: from the command's --schema/--schema-file/--db, or per
-    record (its own schema, or its database read once per (file, tables))."""
+    """Schema text for each question: the command's --schema/--schema-file, or a database
+    (--db, or a record's db_path) read once per (file, tables); with no --tables, the tables
+    the question is about are picked per question (:func:`schema_db.select_tables`)."""
 
     def __init__(self, args, sample_rows: int):
         self.args = args
         self.sample_rows = sample_rows
         self._db_cache: dict[tuple, str] = {}
-        self.default: str | None = None
+        self._logged: set[tuple] = set()
+        self.fixed: str | None = None
+        self.db: Path | None = None
+        self.tables: list[str] | None = None  # None: pick per question; [] : every table
         if args.schema is not None:
-            self.default = self._checked(args.schema, "--schema")
+            self.fixed = self._checked(args.schema, "--schema")
         elif args.schema_file is not None:
             path = Path(args.schema_file)
             if not path.is_file():
@@ -153,10 +160,28 @@ class Schemas:
                 text = path.read_text(encoding="utf-8")
             except UnicodeDecodeError as e:
                 raise InputError(f"not UTF-8 text ({e.reason})", str(path)) from None
-            self.default = self._checked(text, str(path))
+            self.fixed = self._checked(text, str(path))
         elif args.db is not None:
-            tables = None if args.tables is None else [t for t in args.tables.split(",") if t.strip()]
-            self.default = self.from_db(Path(args.db), tables)
+            from .schema_db import list_tables, read_tables
+
+            self.db = Path(args.db)
+            self.tables = parse_tables(args.tables)
+            if self.tables:
+                read_tables(self.db, self.tables, 0)  # unknown names fail now, not after loading
+            else:
+                list_tables(self.db)  # a missing or broken file fails now
+
+    @property
+    def available(self) -> bool:
+        return self.fixed is not None or self.db is not None
+
+    def for_question(self, question: str) -> str:
+        """The schema text to ask ``question`` over (--schema/--schema-file/--db)."""
+        if self.fixed is not None:
+            return self.fixed
+        if self.db is None:
+            raise ConfigError("no schema: give --schema, --schema-file or --db")
+        return self.from_db(self.db, self.tables, question)
 
     @staticmethod
     def _checked(text: str, where: str) -> str:
@@ -165,13 +190,33 @@ class Schemas:
         validate_schema_text(text, where)
         return text.strip()
 
-    def from_db(self, path: Path, tables: list[str] | None) -> str:
-        from .schema_db import schema_from_db
+    def from_db(self, path: Path, tables: list[str] | None, question: str = "") -> str:
+        """Schema text of ``tables`` of the database (``[]``: all; None: those ``question``
+        is about)."""
+        from .schema_db import schema_from_db, select_tables
 
+        if tables is None:
+            tables, why = select_tables(path, question)
+            key = (str(path), why)
+            if key not in self._logged:
+                self._logged.add(key)
+                _log(self.args, f"[generate] {path}: asking over {why}; --tables names them yourself")
         key = (str(path.resolve()), tuple(tables) if tables else None)
         if key not in self._db_cache:
-            self._db_cache[key] = schema_from_db(path, tables, self.sample_rows)
+            self._db_cache[key] = schema_from_db(path, tables or None, self.sample_rows)
         return self._db_cache[key]
+
+
+def parse_tables(value: str | None) -> list[str] | None:
+    """--tables: None (or "auto") = pick per question, "all" = [], else the names given."""
+    if value is None or value.strip().lower() == "auto":
+        return None
+    if value.strip().lower() == "all":
+        return []
+    names = [t.strip() for t in value.split(",") if t.strip()]
+    if not names:
+        raise ConfigError("--tables names no table (give names, 'all' or 'auto')")
+    return names
 
 
 # --------------------------------------------------------------------------- model
@@ -222,7 +267,7 @@ def _trained_prompt_settings(args) -> dict:
 def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     _validate(args)
-    from .prompts import DEFAULT_SAMPLE_ROWS, SYSTEM_PROMPT
+    from .prompts import DEFAULT_SAMPLE_ROWS, SYSTEM_PROMPT, build_messages
 
     # Cheap checks (schema, database, input file) before the model loads.
     trained = _trained_prompt_settings(args)
@@ -245,12 +290,16 @@ def _main(argv) -> int:
         questions = [line.strip() for line in sys.stdin if line.strip()]
         if not questions:
             raise ConfigError("no question: give --question, --input, or questions on stdin (one per line)")
-    if schemas.default is None:
+    if not schemas.available:
         raise ConfigError("no schema: give --schema, --schema-file or --db")
+    prompts = None
+    if questions is not None:
+        # Schema problems (and table choices) show before the model loads.
+        prompts = [build_messages(q, schemas.for_question(q), system=system) for q in questions]
     loaded = load(args)
     if questions is None:
-        return _interactive(args, loaded, schemas.default, system)
-    return _answer(args, loaded, questions, schemas.default, system)
+        return _interactive(args, loaded, schemas, system)
+    return _answer(args, loaded, questions, prompts)
 
 
 def _engine(loaded):
@@ -259,13 +308,10 @@ def _engine(loaded):
     return SQLGenerator(loaded)
 
 
-def _answer(args, loaded, questions: list[str], schema: str, system: str) -> int:
-    """Answer questions over one schema; SQL (and results) on stdout. Exit 1 when a reply held
-    no SQL, 2 when --execute failed."""
-    from .prompts import build_messages
-
+def _answer(args, loaded, questions: list[str], prompts: list[list[dict]]) -> int:
+    """Answer questions; SQL (and results) on stdout. Exit 1 when a reply held no SQL, 2 when
+    --execute failed."""
     gen = _engine(loaded)
-    prompts = [build_messages(q, schema, system=system) for q in questions]
     if args.show_prompt:
         for p in prompts:
             print(gen.prompt_text(p), file=sys.stderr, flush=True)
@@ -327,7 +373,7 @@ def _bar(args, total: int):
     return tqdm(total=total, desc="generating", unit="q", file=sys.stderr)
 
 
-def _interactive(args, loaded, schema: str, system: str) -> int:
+def _interactive(args, loaded, schemas: Schemas, system: str) -> int:
     """Read questions from the terminal until EOF / 'exit'; the schema's prefix cache is kept
     between questions, so each one only pays for its own tokens."""
     from .prompts import build_messages
@@ -342,7 +388,11 @@ def _interactive(args, loaded, schema: str, system: str) -> int:
             return 0
         if not question or question.lower() in ("exit", "quit", ":q"):
             return 0
-        prompt = build_messages(question, schema, system=system)
+        try:
+            prompt = build_messages(question, schemas.for_question(question), system=system)
+        except InputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            continue
         if args.show_prompt:
             print(gen.prompt_text(prompt), file=sys.stderr)
         stream = None
@@ -384,8 +434,8 @@ def _read_input(path: Path, schemas: Schemas, system: str) -> list[_Job]:
             db_path = Path(rec["db_path"])
             if not db_path.is_absolute():
                 db_path = path.parent / db_path  # relative to the JSONL's folder, as convert writes
-        elif schemas.args.db is not None:
-            db_path = Path(schemas.args.db)
+        elif schemas.db is not None:
+            db_path = schemas.db
         if "messages" in rec:
             try:
                 msgs = record_messages(rec)
@@ -401,14 +451,16 @@ def _read_input(path: Path, schemas: Schemas, system: str) -> list[_Job]:
             schema = rec.get("schema")
             if isinstance(schema, str) and schema.strip():
                 schema = schema.strip()
-            elif rec.get("db_path"):
+            elif db_path is not None:
                 tables = rec.get("tables") or ([rec["table"]] if rec.get("table") else None)
+                if tables is None and not rec.get("db_path"):
+                    tables = schemas.tables  # the command's --db: its --tables choice
                 try:
-                    schema = schemas.from_db(db_path, tables)
+                    schema = schemas.from_db(db_path, tables, question)
                 except InputError as e:
                     raise InputError(f"record's database: {e}", str(path), lineno) from None
-            elif schemas.default is not None:
-                schema = schemas.default
+            elif schemas.fixed is not None:
+                schema = schemas.fixed
             else:
                 raise InputError("record has no 'schema' or 'db_path', and no --schema/--db was given",
                                  str(path), lineno)

@@ -136,3 +136,103 @@ def validate_schema_text(text: str, where: str = "--schema") -> list[str]:
 
 
 _LEADING_COMMENTS = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)+", re.S)
+
+
+# --------------------------------------------------------------------------- table selection
+
+# Question words that say nothing about which table is meant.
+_STOPWORDS = frozenset("""
+a an the of in on at to for from by with and or not no is are was were be been being has have
+had do does did what which who whom whose when where why how many much more most less least
+than that this these those there their it its as into over under all any each every some
+list show give tell me find name names get number count total average sum maximum minimum
+max min per before after between during same other only also please
+""".split())
+AUTO_ALL_TABLES = 3  # a schema this small is always shown whole
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def _stem(word: str) -> str:
+    for suffix in ("ies", "es", "s"):
+        if len(word) > len(suffix) + 2 and word.endswith(suffix):
+            return word[: -len(suffix)] + ("y" if suffix == "ies" else "")
+    return word
+
+
+def select_tables(db_path: str | os.PathLike, question: str,
+                  max_scan_rows: int = 5000) -> tuple[list[str], str]:
+    """The tables a question is about, for a database holding more than one schema's worth.
+
+    Tables linked by foreign keys form one schema (a Spider database) and are kept together;
+    unlinked tables (a collection of WikiSQL tables) stand alone. Each group is scored by the
+    question's words found in its table and column names (2 points each) and in its cells (1
+    point, searched in the first ``max_scan_rows`` rows); the best group is kept, with any
+    other scoring at least half as much. Databases of at most ``AUTO_ALL_TABLES`` tables, or
+    where nothing matches, are kept whole. Returns the table names (in the database's order)
+    and a one-line reason for the log.
+    """
+    from .sources.common import connect_readonly
+
+    tables = read_tables(db_path, None, 0)
+    names = [t.name for t in tables]
+    if len(tables) <= AUTO_ALL_TABLES:
+        return names, f"all {len(tables)} tables"
+    # Groups: connected components of the foreign-key graph.
+    parent = {t.name.lower(): t.name.lower() for t in tables}
+
+    def root(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for t in tables:
+        for _, ref, _ in t.foreign_keys:
+            if ref.lower() in parent:
+                parent[root(t.name.lower())] = root(ref.lower())
+    words = [w for w in dict.fromkeys(_words(question)) if w not in _STOPWORDS]
+    stems = {_stem(w) for w in words if not w.isdigit()}
+    scores: dict[str, float] = {}
+    conn = connect_readonly(db_path)
+    try:
+        for t in tables:
+            label = {_stem(w) for w in _words(t.name) if w != "table" and not w.isdigit()}
+            for c in t.columns:
+                label |= {_stem(w) for w in _words(c.name)}
+            score = 2.0 * len(stems & label)
+            for w in words:
+                if len(w) < 3 and not w.isdigit():
+                    continue
+                if _found_in_cells(conn, t, w, max_scan_rows):
+                    score += 1.0
+            scores[t.name] = score
+    except sqlite3.Error:
+        return names, "all tables (the database could not be searched)"
+    finally:
+        conn.close()
+    group_score: dict[str, float] = {}
+    for t in tables:
+        g = root(t.name.lower())
+        group_score[g] = max(group_score.get(g, 0.0), scores[t.name])
+    best = max(group_score.values())
+    if best <= 0:
+        return names, f"all {len(tables)} tables (none matches the question's words)"
+    keep = {g for g, s in group_score.items() if s >= 0.5 * best}
+    chosen = [t.name for t in tables if root(t.name.lower()) in keep]
+    why = f"{', '.join(chosen)} of {len(tables)} tables (best match for the question's words)"
+    return chosen, why
+
+
+def _found_in_cells(conn: sqlite3.Connection, table: Table, word: str, max_rows: int) -> bool:
+    from .prompts import quote_ident
+
+    if not table.columns:
+        return False
+    cols = " OR ".join(f"{quote_ident(c.name)} LIKE ? ESCAPE '\\'" for c in table.columns)
+    pattern = "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    sql = (f"SELECT 1 FROM (SELECT * FROM {quote_ident(table.name)} LIMIT {int(max_rows)}) "
+           f"WHERE {cols} LIMIT 1")
+    return conn.execute(sql, [pattern] * len(table.columns)).fetchone() is not None

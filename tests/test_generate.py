@@ -311,3 +311,46 @@ def test_render_chat_agrees_with_the_tokenizer_template(chatml):
     gen = SQLGenerator(load_model(str(chatml)))
     msgs = build_messages("q", SCHEMA)
     assert gen.prompt_text(msgs) == render_chat("chatml", msgs, add_generation_prompt=True)
+
+
+# --------------------------------------------------------------------------- table choice
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    """Several unlinked tables (as a WikiSQL database) and one foreign-key-linked pair."""
+    path = tmp_path_factory.mktemp("g_coll") / "many.sqlite"
+    con = sqlite3.connect(path)
+    con.execute('CREATE TABLE "t_airports" ("City" TEXT, "Airport" TEXT, "Rank" INTEGER)')
+    con.executemany('INSERT INTO t_airports VALUES (?, ?, ?)', [("San Solano", "Kestrel", 1), ("Oakham", "Vale", 2)])
+    con.execute('CREATE TABLE "t_players" ("Player" TEXT, "Nationality" TEXT)')
+    con.executemany('INSERT INTO t_players VALUES (?, ?)', [("Derek Olsen", "Canada"), ("Milos Petrak", "Serbia")])
+    con.execute('CREATE TABLE "t_albums" ("Album" TEXT, "Year" INTEGER)')
+    con.execute('CREATE TABLE "author" ("id" INTEGER PRIMARY KEY, "name" TEXT)')
+    con.execute('CREATE TABLE "book" ("title" TEXT, "author_id" INTEGER REFERENCES author(id))')
+    con.commit()
+    con.close()
+    return path
+
+
+@pytest.mark.parametrize("question,expected", [
+    ("How many players are from Canada?", ["t_players"]),  # column name + a cell value
+    ("which airport in san solano ranks below 3?", ["t_airports"]),
+    ("which books did each author write?", ["author", "book"]),  # linked by a foreign key: kept together
+    ("what is the weather like?", ["t_airports", "t_players", "t_albums", "author", "book"]),  # nothing matches
+])
+def test_select_tables(collection, question, expected):
+    from mlx_text2sql.schema_db import select_tables
+
+    chosen, why = select_tables(collection, question)
+    assert chosen == expected and why
+
+
+def test_db_prompt_shows_the_tables_the_question_is_about(chatml, collection, capsys):
+    code, out, err = run(["--model", str(chatml), "--db", str(collection), "-q", "How many players are from Canada?",
+                          "--show-prompt"], capsys)
+    assert code == 0
+    assert 'CREATE TABLE "t_players"' in err and 'CREATE TABLE "t_airports"' not in err
+    assert "asking over t_players of 5 tables" in err
+    code, out, err = run(["--model", str(chatml), "--db", str(collection), "--tables", "all",
+                          "-q", "How many players are from Canada?", "--show-prompt"], capsys)
+    assert code == 0 and 'CREATE TABLE "t_airports"' in err and 'CREATE TABLE "book"' in err
