@@ -149,29 +149,11 @@ def run_model(records, base_dir, args, *, adapter_path, label, writer):
     from tqdm import tqdm
 
     from .engine import SQLGenerator
+    from .generate import load as load_for_inference
     from .prompts import record_messages
-    from .tuner.lora import load_with_adapter
 
-    from .models.load import default_train_dequantize
-
-    load_kw = {}
-    on_cpu = default_train_dequantize(log_choice=False)
-    if args.dtype:
-        load_kw["dtype"] = args.dtype
-    elif on_cpu:
-        load_kw["dtype"] = "float32"  # float16/bfloat16 matmuls are slower than float32 on CPUs
-    if args.chat_template:
-        load_kw["chat_template"] = args.chat_template
-    if args.dequantize is not None:
-        load_kw["dequantize"] = args.dequantize
-    elif on_cpu:
-        # MLX's CPU quantized matmul is far slower than dense float32 (see DESIGN.md).
-        load_kw["dequantize"] = True
-    t_load = time.perf_counter()
-    loaded = load_with_adapter(adapter_path, model=args.model, **load_kw)
-    print(f"[{label}] loaded {loaded.spec}{' + ' + str(adapter_path) if adapter_path else ''} "
-          f"in {time.perf_counter() - t_load:.1f}s", file=sys.stderr)
-
+    # Same model loading as generate (CPU: dense float32; adapter's own settings otherwise).
+    loaded = load_for_inference(argparse.Namespace(**{**vars(args), "adapter_path": adapter_path}))
     gen = SQLGenerator(loaded)
     prompts = [record_messages(r) for r in records]
     bar = tqdm(total=len(prompts), desc=f"{label}: generating", unit="q", disable=args.quiet,
