@@ -28,7 +28,7 @@ def plot_losses(records: list[dict], path: str | Path, title: str = "") -> Path 
         best = min(val, key=lambda sv: sv[1])
         ax.annotate(f"best {best[1]:.3f}", best, textcoords="offset points", xytext=(5, 8), fontsize=8)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy per answer token")
+    ax.set_ylabel("cross-entropy per trained token")
     ax.set_title(title or "LoRA fine-tuning")
     ax.grid(alpha=0.3)
     ax.legend()
