@@ -280,7 +280,7 @@ def _main(argv: list[str] | None) -> int:
         f"({total / steps_per_epoch:.2f} epochs of {steps_per_epoch} steps)")
 
     # --- loss and metrics
-    loss = make_loss(lm.model)
+    loss = make_loss(lm.model, fast=ns.fast_ops)
     if not loss.answer_only_head:
         say("[train] this architecture's output head does not split from its body: computing full logits")
     metrics = []

@@ -39,6 +39,19 @@ def test_silu_and_softmax_match_values_and_gradients():
     assert close(g1, g2, rtol=1e-5, atol=1e-6)
 
 
+def test_cross_entropy_matches_values_and_gradients():
+    from mlx_text2sql.tuner.fastops import fast_cross_entropy
+
+    mx.random.seed(2)
+    logits = mx.random.normal((37, 500)) * 8
+    targets = mx.random.randint(0, 500, (37,))
+    w = mx.random.uniform(shape=(37,))
+    assert close(fast_cross_entropy(logits, targets), nn.losses.cross_entropy(logits, targets), rtol=1e-5, atol=1e-5)
+    g1 = mx.grad(lambda x: (fast_cross_entropy(x, targets) * w).sum())(logits)
+    g2 = mx.grad(lambda x: (nn.losses.cross_entropy(x, targets) * w).sum())(logits)
+    assert close(g1, g2, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("heads,kv_heads,L,S", [(4, 2, 17, 17), (6, 6, 9, 9), (4, 1, 1, 12)])
 def test_causal_attention_matches_mlx_sdpa(heads, kv_heads, L, S):
     mx.random.seed(1)

@@ -5,7 +5,8 @@ elements/s, while multiply-adds run at billions: in a SmolLM2-135M LoRA step the
 softmax and the MLP's SiLU, not the matrix products, take a large share of the time. Here
 ``exp`` is computed as ``2^n * p(f)`` (n = floor(x log2 e), f in [0, 1), p a degree-7 polynomial;
 relative error < 1e-6) from multiply-adds and a bit shift, compiled into one kernel, with
-hand-written gradients. :func:`fast_llama_ops` swaps these into mlx_lm's llama-family model
+hand-written gradients; :func:`fast_cross_entropy` uses it for the loss over the vocabulary.
+:func:`fast_llama_ops` swaps these into mlx_lm's llama-family model
 modules (SiLU-gated MLP and causal attention) for the duration of a ``with`` block; anything it
 does not handle (KV caches, attention sinks, custom masks) goes to mlx_lm's own functions.
 """
@@ -82,6 +83,27 @@ def fast_softmax(x):
 def _fast_softmax_vjp(primals, cotangent, output):
     p = output
     return p * (cotangent - mx.sum(cotangent * p, axis=-1, keepdims=True))
+
+
+@mx.custom_function
+def fast_cross_entropy(logits, targets):
+    """Per-row cross-entropy of logits (N, V) against integer targets (N,), in float32."""
+    x = logits.astype(mx.float32)
+    m = mx.max(x, axis=-1, keepdims=True)
+    lse = m[:, 0] + mx.log(mx.sum(fast_exp(x - m), axis=-1))
+    return lse - mx.take_along_axis(x, targets[:, None], axis=-1)[:, 0]
+
+
+@fast_cross_entropy.vjp
+def _fast_cross_entropy_vjp(primals, cotangent, output):
+    logits, targets = primals
+    x = logits.astype(mx.float32)
+    # softmax recomputed (one cheap pass) rather than kept alive from the forward: (N, V) floats
+    e = fast_exp(x - mx.max(x, axis=-1, keepdims=True))
+    p = e / mx.sum(e, axis=-1, keepdims=True)
+    onehot = mx.arange(x.shape[-1])[None, :] == targets[:, None]
+    g = cotangent[:, None] * (p - onehot)
+    return g.astype(logits.dtype), mx.zeros_like(targets)
 
 
 def swiglu(gate, x):

@@ -39,7 +39,7 @@ from mlx.utils import tree_flatten, tree_map, tree_map_with_path
 from ..errors import TrainingError
 from ..jsonl import write_json
 from .data import Batch, TokenizedSet, collate, epoch_batches, eval_batches
-from .fastops import fast_llama_ops
+from .fastops import fast_cross_entropy, fast_llama_ops
 from .lora import save_adapter
 
 
@@ -100,12 +100,14 @@ def split_head(model) -> tuple[Callable, Callable] | None:
     return body, head
 
 
-def make_loss(model) -> Callable:
+def make_loss(model, fast: bool = True) -> Callable:
     """``loss(model, inputs, index, targets, weights) -> (summed cross-entropy, token count)``.
 
     inputs (B, L) int32; index (N,) flat positions into B*L; targets (N,); weights (N,) 0/1.
+    fast: the cross-entropy's exponentials through :func:`.fastops.fast_cross_entropy`.
     """
     split = split_head(model)
+    cross_entropy = fast_cross_entropy if fast else nn.losses.cross_entropy
 
     if split is not None:
         body, head = split
@@ -121,7 +123,7 @@ def make_loss(model) -> Callable:
 
     def loss(model, inputs, index, targets, weights):
         logits = logits_at(model, inputs, index).astype(mx.float32)
-        ce = nn.losses.cross_entropy(logits, targets) * weights
+        ce = cross_entropy(logits, targets) * weights
         return ce.sum(), weights.sum()
 
     loss.answer_only_head = split is not None
