@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also score the base model without the adapter, in the same run")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N records")
     p.add_argument("--output", default=None, help="per-example results (JSONL)")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (default 8)")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts decoded together (default 16)")
     p.add_argument("--max-tokens", type=int, default=160, help="longest reply in tokens (default 160)")
     p.add_argument("--temp", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
     p.add_argument("--top-p", type=float, default=1.0)
