@@ -18,7 +18,8 @@
 # - llama-cpp-python is published as an sdist only: it compiles llama.cpp with cmake (a few
 #   minutes on 2 cores). CMAKE_ARGS builds it for this CPU (GGML_NATIVE: AVX2/AVX-512/FMA as
 #   the host has them) with OpenMP threads and no BLAS; pip caches the built wheel, so a second
-#   install (e.g. into another venv) takes seconds. Override with CMAKE_ARGS=... if needed.
+#   install (e.g. into another venv) takes seconds. CMAKE_ARGS=... overrides the build flags
+#   (and then bypasses pip's cache, which does not know about them).
 #
 # A virtual environment that sees our global packages keeps the peers away from everything else:
 #   python -m venv --system-site-packages /tmp/peers-venv && . /tmp/peers-venv/bin/activate
@@ -78,10 +79,17 @@ fi
 
 if [ "$SKIP_LLAMACPP" != "1" ]; then
   t0=$(date +%s)
-  export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON -DGGML_OPENMP=ON -DGGML_BLAS=OFF -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF}"
+  DEFAULT_CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_OPENMP=ON -DGGML_BLAS=OFF -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF"
+  CACHE_FLAG=()
+  if [ -n "${CMAKE_ARGS:-}" ] && [ "$CMAKE_ARGS" != "$DEFAULT_CMAKE_ARGS" ]; then
+    # pip's wheel cache is keyed by the sdist, not by CMAKE_ARGS: a cached native build would
+    # be reinstalled as is, so a custom build must bypass the cache.
+    CACHE_FLAG=(--no-cache-dir)
+  fi
+  export CMAKE_ARGS="${CMAKE_ARGS:-$DEFAULT_CMAKE_ARGS}"
   export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
   echo "== building llama-cpp-python==$LLAMACPP_VERSION (CMAKE_ARGS=$CMAKE_ARGS, $CMAKE_BUILD_PARALLEL_LEVEL jobs)"
-  "$PYTHON" -m pip install -c "$CONSTRAINTS" --no-binary llama-cpp-python "llama-cpp-python==$LLAMACPP_VERSION"
+  "$PYTHON" -m pip install "${CACHE_FLAG[@]}" -c "$CONSTRAINTS" "llama-cpp-python==$LLAMACPP_VERSION"
   "$PYTHON" - <<'EOF'
 import llama_cpp
 info = llama_cpp.llama_print_system_info()

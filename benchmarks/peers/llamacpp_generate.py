@@ -250,6 +250,9 @@ def run(args) -> dict:
         "data": str(args.data),
         "llama_cpp": __import__("llama_cpp").__version__,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024),
+        # OpenMP's spin-waiting collapses multi-threaded speed on an oversubscribed machine
+        # (see benchmarks/README.md); record whether it was switched to passive waiting.
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "loadavg_start": loadavg_start,
         "loadavg": list(os.getloadavg()),  # 1, 5, 15 minute load averages at the end
     }

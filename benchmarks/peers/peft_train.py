@@ -309,6 +309,9 @@ def train(args) -> dict:
         "torch": torch.__version__,
         "peft": peft.__version__,
         "transformers": transformers.__version__,
+        # OpenMP's spin-waiting collapses multi-threaded speed on an oversubscribed machine
+        # (see benchmarks/README.md); record whether it was switched to passive waiting.
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "loadavg_start": loadavg_start,
         "loadavg": list(os.getloadavg()),  # 1, 5, 15 minute load averages at the end
     }
