@@ -205,7 +205,9 @@ def render_chat(template: ChatTemplate | str, messages: list[dict], add_generati
 # --------------------------------------------------------------------------- SQL extraction
 
 _FENCE = re.compile(r"```(?:sql|sqlite|SQL)?\s*\n?(.*?)(?:```|$)", re.S)
-_START = re.compile(r"\b(SELECT|WITH)\b", re.I)
+# A query starts at SELECT, or at WITH only when a CTE follows ("WITH name AS (" or
+# "WITH RECURSIVE name(cols) AS ("), so prose such as "a table with a column" is not SQL.
+_START = re.compile(r"\bSELECT\b|\bWITH\s+(?:RECURSIVE\s+)?[\w\"`\[\]]+\s*(?:\([^)]*\))?\s*AS\s*\(", re.I)
 
 
 def _cut_statement(text: str) -> str:
