@@ -59,7 +59,7 @@ def test_schema_rendering_quotes_names_and_shows_sample_rows():
     t = Table("my table", [Column("No.", "real"), Column('say "hi"', "text")],
               primary_key=["No."], rows=[[1, "a|b"], [2, None], [3, "x"], [4, "y"]])
     text = render_schema([t], sample_rows=3)
-    assert text.startswith('CREATE TABLE "my table" (\n  "No." REAL,\n  "say ""hi""" TEXT,\n  PRIMARY KEY ("No.")\n);\n/* 3 example rows")
+    assert text.startswith('CREATE TABLE "my table" (\n  "No." REAL,\n  "say ""hi""" TEXT,\n  PRIMARY KEY ("No.")\n);\n/* 3 example rows')
     assert "/* 3 example rows" in text and "1 | a/b" in text and "2 | NULL" in text and "4 | y" not in text
     assert "example rows" not in render_schema([t], sample_rows=0)
 
