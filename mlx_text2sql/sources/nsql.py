@@ -27,7 +27,7 @@ from ..prompts import render_schema
 from . import SourceOptions
 from .common import (Problems, SchemaOnlyBuilder, SourceResult, Where, check_type, describe,
                      iter_records, require, split_create_statements)
-from .sql_create_context import input_files
+from .sql_create_context import hf_splits, input_files, read_files
 
 MARKER = "-- Using valid SQLite, answer the following questions for the tables provided above."
 _MARKER_RE = re.compile(r"^\s*--\s*Using valid SQLite.*$", re.I | re.M)
@@ -172,15 +172,10 @@ def _read_records(named: Iterable[tuple[str, Iterable[tuple[Where, dict]]]],
 
 def read(input_path: str, options: SourceOptions, problems: Problems) -> SourceResult:
     """Convert an NSQL / DB-GPT-Hub file (JSONL or JSON array) or a folder of them."""
-    files = input_files(Path(input_path))
-    return _read_records(((name, iter_records(path, problems)) for name, path in files),
-                         options, problems)
+    return read_files(input_path, _read_records, options, problems)
 
 
 def read_hf(splits: dict[str, Iterable[dict]], options: SourceOptions, problems: Problems,
             name: str = "hf") -> SourceResult:
     """Convert NSQL-shaped records loaded with ``datasets`` (e.g. ``NumbersStation/NSQL``)."""
-    return _read_records(
-        ((split, ((Where(f"{name}[{split}]", i + 1), rec) for i, rec in enumerate(records)))
-         for split, records in splits.items()),
-        options, problems)
+    return _read_records(hf_splits(splits, name), options, problems)

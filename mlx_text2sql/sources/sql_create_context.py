@@ -74,17 +74,24 @@ def _read_records(named: Iterable[tuple[str, Iterable[tuple[Where, dict]]]],
     return result
 
 
+def read_files(input_path: str, read_records, options: SourceOptions, problems: Problems) -> SourceResult:
+    """Run ``read_records`` over every JSONL / JSON-array file of ``input_path`` (file or folder)."""
+    files = input_files(Path(input_path))
+    return read_records(((name, iter_records(path, problems)) for name, path in files), options, problems)
+
+
+def hf_splits(splits: dict[str, Iterable[dict]], name: str):
+    """``datasets`` splits as (split, ((Where, record), ...)) pairs, records numbered from 1."""
+    return ((split, ((Where(f"{name}[{split}]", i + 1), rec) for i, rec in enumerate(records)))
+            for split, records in splits.items())
+
+
 def read(input_path: str, options: SourceOptions, problems: Problems) -> SourceResult:
     """Convert a sql-create-context file (JSONL, or the original JSON array) or a folder of them."""
-    files = input_files(Path(input_path))
-    return _read_records(((name, iter_records(path, problems)) for name, path in files),
-                         options, problems)
+    return read_files(input_path, _read_records, options, problems)
 
 
 def read_hf(splits: dict[str, Iterable[dict]], options: SourceOptions, problems: Problems,
             name: str = "hf") -> SourceResult:
     """Convert ``b-mc2/sql-create-context`` records loaded with ``datasets``."""
-    return _read_records(
-        ((split, ((Where(f"{name}[{split}]", i + 1), rec) for i, rec in enumerate(records)))
-         for split, records in splits.items()),
-        options, problems)
+    return _read_records(hf_splits(splits, name), options, problems)
