@@ -18,7 +18,6 @@ the gold SQL be checked (``meta["has_rows"]`` is False). Examples are grouped fo
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Iterable
 
 from ..errors import InputError
@@ -26,8 +25,8 @@ from ..example import Column, Table
 from ..prompts import render_schema
 from . import SourceOptions
 from .common import (Problems, SchemaOnlyBuilder, SourceResult, Where, check_type, describe,
-                     iter_records, require, split_create_statements)
-from .sql_create_context import hf_splits, input_files, read_files
+                     require, split_create_statements)
+from .sql_create_context import hf_splits, read_files
 
 MARKER = "-- Using valid SQLite, answer the following questions for the tables provided above."
 _MARKER_RE = re.compile(r"^\s*--\s*Using valid SQLite.*$", re.I | re.M)
