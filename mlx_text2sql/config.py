@@ -54,6 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "max_grad_norm": 1.0,          # 0 / None: no clipping
     "seed": 0,
     "cpu_streams": None,           # split each batch over N CPU threads; None: one per core (CPU only)
+    "share_prefix": True,          # run a prompt prefix (schema) shared by several questions once per batch
     # validation, saving, reporting
     "eval_every": 20,
     "val_batches": 8,              # batches of valid.jsonl per evaluation; -1: all
@@ -339,6 +340,7 @@ def validate(cfg: dict) -> dict:
     need_num("max_grad_norm", 0, allow_none=True, lo_open=True)
     need_int("seed", 0)
     need_int("cpu_streams", 1, allow_none=True)
+    need_bool("share_prefix")
     if _is_int(c.get("iters")) and _is_int(c.get("warmup")) and c["warmup"] >= c["iters"] > 1:
         p.append(f"warmup ({c['warmup']}) must be shorter than the run ({c['iters']} steps)")
 

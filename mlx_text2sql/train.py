@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cpu-streams", type=int, metavar="N",
                    help="split each batch over N parallel CPU streams (default: one per core, at most 4; "
                         "MLX's elementwise CPU kernels use one core each)")
+    g.add_argument("--no-share-prefix", dest="share_prefix", action="store_false", default=None,
+                   help="run every example's whole prompt (default: questions on the same schema in a "
+                        "batch share one run of their common prompt prefix; same loss, less work)")
     g = p.add_argument_group("validation, saving, reporting")
     g.add_argument("--eval-every", type=int, help=f"validate every N steps (default {D['eval_every']})")
     g.add_argument("--val-batches", type=int, help=f"validation batches per evaluation, -1 = all (default {D['val_batches']})")
@@ -333,7 +336,8 @@ def _main(argv: list[str] | None) -> int:
         train_on_prompt=cfg["train_on_prompt"], eval_every=cfg["eval_every"], val_batches=cfg["val_batches"],
         early_stop=cfg["early_stop"], best_metric=cfg["best_metric"], save_every=cfg["save_every"],
         keep_checkpoints=cfg["keep_checkpoints"], report_every=cfg["report_every"], seed=cfg["seed"],
-        adapter_path=str(adapter_path), compile=ns.compile, fast_ops=ns.fast_ops, streams=cfg["cpu_streams"])
+        adapter_path=str(adapter_path), compile=ns.compile, fast_ops=ns.fast_ops, streams=cfg["cpu_streams"],
+        share_prefix=cfg["share_prefix"])
     callbacks = []
     if rank == 0:
         callbacks.append(JsonlLog(adapter_path / "log.jsonl", keep_until=start.step if start else None))

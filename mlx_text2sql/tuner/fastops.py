@@ -110,18 +110,22 @@ def swiglu(gate, x):
     return fast_silu(gate) * x
 
 
-def causal_attention(queries, keys, values, scale: float):
+def causal_attention(queries, keys, values, scale: float, mask=None):
     """Causal multi-head attention with grouped KV heads.
 
     queries (B, H, L, D); keys, values (B, Hkv, S, D) with H a multiple of Hkv and S >= L (the
-    last L key positions are the queries' own). Returns (B, H, L, D).
+    last L key positions are the queries' own). Returns (B, H, L, D). mask: an optional boolean
+    (B or 1, 1, L, S) array of allowed positions, used instead of the causal pattern.
     """
     B, H, L, D = queries.shape
     Hkv, S = keys.shape[1], keys.shape[2]
     rep = H // Hkv
     q = (queries * scale).reshape(B, Hkv, rep, L, D)          # queries grouped by their KV head
     scores = q @ keys[:, :, None].swapaxes(-1, -2)            # (B, Hkv, rep, L, S)
-    allowed = (mx.arange(L)[:, None] + (S - L)) >= mx.arange(S)[None, :]
+    if mask is None:
+        allowed = (mx.arange(L)[:, None] + (S - L)) >= mx.arange(S)[None, :]
+    else:
+        allowed = mask[:, :, None]                            # (B, 1, 1, L, S)
     scores = mx.where(allowed, scores, mx.array(-1e30, scores.dtype))
     out = fast_softmax(scores) @ values[:, :, None]           # (B, Hkv, rep, L, D)
     return out.reshape(B, H, L, D)
@@ -129,6 +133,9 @@ def causal_attention(queries, keys, values, scale: float):
 
 def _make_sdpa(original):
     def scaled_dot_product_attention(queries, keys, values, cache, scale, mask, sinks=None):
+        if sinks is None and isinstance(mask, mx.array) and mask.dtype == mx.bool_ and mask.ndim == 4 \
+                and not hasattr(cache, "bits"):
+            return causal_attention(queries, keys, values, scale, mask)  # training's packed masks
         if cache is None and sinks is None and (mask is None or (isinstance(mask, str) and mask == "causal")):
             if mask is None and queries.shape[2] > 1:
                 return original(queries, keys, values, cache=cache, scale=scale, mask=mask, sinks=sinks)

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,7 +39,8 @@ from mlx.utils import tree_flatten, tree_map, tree_map_with_path
 
 from ..errors import TrainingError
 from ..jsonl import write_json
-from .data import Batch, TokenizedSet, collate, epoch_batches, eval_batches
+from .data import (Batch, TokenizedSet, collate, collate_packed, epoch_batches, eval_batches, packed_epoch,
+                   prefix_groups, split_pieces)
 from .fastops import fast_cross_entropy, fast_llama_ops
 from .lora import save_adapter
 
@@ -66,6 +68,7 @@ class TrainArgs:
     compile: bool = True
     fast_ops: bool = True                # polynomial exp for softmax / SiLU (see .fastops)
     streams: int | None = None           # CPU streams a micro-batch is split over; None: auto
+    share_prefix: bool = True            # run a prompt prefix shared by several examples once
 
 
 # --------------------------------------------------------------------------- loss
@@ -128,6 +131,97 @@ def make_loss(model, fast: bool = True) -> Callable:
 
     loss.answer_only_head = split is not None
     return loss
+
+
+class _RecordCache:
+    """Stands in for a KV cache in the prefix pass: keeps each layer's keys/values."""
+
+    offset = 0
+
+    def __init__(self):
+        self.keys = self.values = None
+
+    def update_and_fetch(self, keys, values):
+        self.keys, self.values = keys, values
+        return keys, values
+
+
+class _PrefixCache:
+    """Stands in for a KV cache in the segment pass: the group's prefix keys/values come first."""
+
+    def __init__(self, keys, values, offset: int):
+        self.prefix_keys, self.prefix_values, self.offset = keys, values, offset
+
+    def update_and_fetch(self, keys, values):
+        return (mx.concatenate([self.prefix_keys, keys], axis=2),
+                mx.concatenate([self.prefix_values, values], axis=2))
+
+
+def make_packed_loss(model, fast: bool = True) -> Callable | None:
+    """The loss of a :class:`.data.PackedBatch`, or None when the model does not fit the scheme
+    (needs the answer-only head split and llama-style blocks ``layer(h, mask, cache)`` whose
+    attention takes a cache with ``offset``/``update_and_fetch``).
+
+    ``loss(model, prefix_inputs, prefix_lens, seg_inputs, group_index, index, targets, weights)``
+    -> (summed cross-entropy, token count), equal to :func:`make_loss` on the same examples
+    unpacked: each segment attends to exactly its own prefix (left padding masked) and itself
+    (causally), at the same relative positions as in the whole sequence.
+    """
+    inner = getattr(model, "model", None)
+    if split_head(model) is None or inner is None or "embed_tokens" not in inner or "layers" not in inner \
+            or "norm" not in inner:
+        return None
+    _, head = split_head(model)
+    cross_entropy = fast_cross_entropy if fast else nn.losses.cross_entropy
+
+    def loss(model, prefix_inputs, prefix_lens, seg_inputs, group_index, index, targets, weights):
+        G, Lp = prefix_inputs.shape
+        R, Ls = seg_inputs.shape
+        kpos = mx.arange(Lp)
+        real = kpos[None, :] >= (Lp - prefix_lens)[:, None]                      # (G, Lp)
+        q, k = kpos[:, None], kpos[None, :]
+        # a left-pad query may see itself only (no empty softmax rows)
+        pmask = (k <= q)[None] & (real[:, None, :] | (k == q)[None])             # (G, Lp, Lp)
+        spos = mx.arange(Ls)
+        smask = mx.concatenate([
+            mx.broadcast_to(real[group_index][:, None, :], (R, Ls, Lp)),
+            mx.broadcast_to((spos[None, :] <= spos[:, None])[None], (R, Ls, Ls))], axis=2)
+        layers = inner.layers
+        h = inner.embed_tokens(prefix_inputs)
+        caches = [_RecordCache() for _ in layers]
+        pm = pmask[:, None]
+        for layer, c in zip(layers, caches):
+            h = layer(h, pm, cache=c)
+        # (the prefix's final hidden states feed nothing; lazy evaluation skips the last
+        # block's work for them, only its keys/values are used)
+        h = inner.embed_tokens(seg_inputs)
+        sm = smask[:, None]
+        for layer, c in zip(layers, caches):
+            h = layer(h, sm, cache=_PrefixCache(c.keys[group_index], c.values[group_index], Lp))
+        h = inner.norm(h)
+        h = h.reshape(-1, h.shape[-1])[index]
+        logits = head(h).astype(mx.float32)
+        ce = cross_entropy(logits, targets) * weights
+        return ce.sum(), weights.sum()
+
+    return loss
+
+
+def check_packed_loss(model, plain_loss, packed_loss, samples, pad_to: int = 16) -> float:
+    """Largest relative difference between the packed and plain losses on a few real samples
+    (the trainer packs only when this is tiny)."""
+    from .data import collate_packed, prefix_groups
+
+    groups = prefix_groups(samples)
+    pieces = [(g.prefix_len, g.members) for g in groups]
+    pb = collate_packed(samples, pieces, pad_to)
+    b = collate([samples[i] for _, m in pieces for i in m], False, pad_to)
+    a, n = packed_loss(model, *(mx.array(x) for x in pb.arrays()))
+    r, m = plain_loss(model, *(mx.array(x) for x in (b.inputs, b.index, b.targets, b.weights)))
+    mx.eval(a, r, n, m)
+    if n.item() != m.item():
+        return float("inf")
+    return abs(a.item() - r.item()) / max(abs(r.item()), 1e-9)
 
 
 # --------------------------------------------------------------------------- schedule
@@ -427,6 +521,31 @@ def grad_checkpointing(model, enabled: bool):
         block_type.__call__ = original
 
 
+def _arrays(b) -> tuple:
+    return b.arrays() if hasattr(b, "arrays") else (b.inputs, b.index, b.targets, b.weights)
+
+
+def _setup_packing(model, loss, train_set: TokenizedSet, args: TrainArgs, rank: int):
+    """(prefix groups, value_and_grad of the packed loss), or (None, None) when packing would not
+    pay (no shared prefixes) or the model's packed loss does not match its plain loss."""
+    groups = prefix_groups(train_set.samples)
+    shared = [g for g in groups if len(g.members) > 1 and g.prefix_len > 0]
+    if not shared:
+        return None, None
+    packed = make_packed_loss(model, fast=args.fast_ops)
+    if packed is None:
+        return None, None
+    probe = [train_set.samples[i] for i in max(shared, key=lambda g: -g.prefix_len).members[:3]]
+    with fast_llama_ops(model, args.fast_ops):
+        diff = check_packed_loss(model, loss, packed, probe, args.pad_to)
+    if not diff < 1e-3:
+        if rank == 0:
+            print(f"[train] shared-prefix packing is off: its loss differs from the plain loss by "
+                  f"{diff:.2e} on this model", file=sys.stderr)
+        return None, None
+    return groups, nn.value_and_grad(model, packed)
+
+
 @dataclass
 class TrainResult:
     state: LoopState
@@ -473,13 +592,19 @@ def train(model, optimizer, train_set: TokenizedSet, args: TrainArgs, *, loss=No
     # --- CPU streams: MLX's elementwise CPU kernels are single-threaded, so one stream leaves
     # cores idle outside matrix products; k streams each take 1/k of the batch (BLAS set to
     # one thread each, so the streams do not fight over the cores).
-    n_streams = args.streams or auto_streams(args.batch_size // size)
+    value_and_grad = nn.value_and_grad(model, loss)
+    cstate = [model.state, optimizer.state, mx.random.state]
+    groups = packed_vg = None
+    if args.share_prefix and not args.train_on_prompt and getattr(loss, "answer_only_head", False):
+        groups, packed_vg = _setup_packing(model, loss, train_set, args, rank)
+    # Packed batches keep one stream by default: split over streams, fewer questions share each
+    # prefix, and one stream with multi-threaded BLAS measured faster (WikiSQL, 2 cores).
+    n_streams = args.streams or (1 if groups is not None else auto_streams(args.batch_size // size))
     n_streams = max(1, min(n_streams, args.batch_size // size))
     streams = [mx.default_stream(mx.default_device())] if n_streams == 1 else cpu_streams(n_streams)
 
-    # --- the compiled step: accumulate gradients of summed losses, then one update
-    value_and_grad = nn.value_and_grad(model, loss)
-    cstate = [model.state, optimizer.state, mx.random.state]
+    def grad_of(part):
+        return packed_vg(model, *part) if len(part) == 7 else value_and_grad(model, *part)
 
     def accumulate(parts, acc):
         # parts: one (inputs, index, targets, weights) per stream. Each part's forward and
@@ -487,7 +612,7 @@ def train(model, optimizer, train_set: TokenizedSet, args: TrainArgs, *, loss=No
         # gradients of summed losses keeps the result that of the whole micro-batch.
         for stream, part in zip(streams, parts):
             with mx.stream(stream):
-                (lsum, ntok), grads = value_and_grad(model, *part)
+                (lsum, ntok), grads = grad_of(part)
             if acc is not None:
                 grads = tree_map(mx.add, grads, acc[0])
                 lsum, ntok = lsum + acc[1], ntok + acc[2]
@@ -512,15 +637,24 @@ def train(model, optimizer, train_set: TokenizedSet, args: TrainArgs, *, loss=No
         accumulate = mx.compile(accumulate, inputs=cstate, outputs=cstate)
         update = mx.compile(update, inputs=cstate, outputs=cstate)
 
-    def next_batch() -> list[Batch]:
-        """This process's share of the next batch, split into one padded part per stream."""
+    def epoch_order(epoch: int) -> list:
+        if groups is not None:
+            return packed_epoch(groups, lengths, args.batch_size, args.seed, epoch)
+        return epoch_batches(lengths, args.batch_size, args.seed, epoch)
+
+    def next_batch() -> list:
+        """This process's share of the next batch, split into one part per stream."""
         nonlocal order
         if state.position >= len(order):
             state.epoch += 1
             state.position = 0
-            order = epoch_batches(lengths, args.batch_size, args.seed, state.epoch)
-        idx = order[state.position][rank::size]
+            order = epoch_order(state.epoch)
+        batch = order[state.position]
         state.position += 1
+        if groups is not None:
+            mine = split_pieces(batch, size)[rank] if size > 1 else batch
+            return [collate_packed(train_set.samples, p, args.pad_to) for p in split_pieces(mine, len(streams))]
+        idx = batch[rank::size]
         return [collate([train_set.samples[i] for i in idx[k::len(streams)]], args.train_on_prompt, args.pad_to)
                 for k in range(len(streams))]
 
@@ -557,18 +691,18 @@ def train(model, optimizer, train_set: TokenizedSet, args: TrainArgs, *, loss=No
         state.bad_evals += 1
         return args.early_stop is not None and state.bad_evals >= args.early_stop
 
-    order = epoch_batches(lengths, args.batch_size, args.seed, state.epoch)
+    order = epoch_order(state.epoch)
     saved_blas_threads = openblas_threads()
     history: list[dict] = []
     first_loss = last_loss = None
     stopped_early = False
-    window = {"loss": 0.0, "steps": 0, "tokens": 0, "loss_tokens": 0, "seconds": 0.0, "cpu": 0.0}
+    window = {"loss": 0.0, "steps": 0, "tokens": 0, "loss_tokens": 0, "computed": 0, "seconds": 0.0, "cpu": 0.0}
     model.train()
     with grad_checkpointing(model, args.grad_checkpoint), fast_llama_ops(model, args.fast_ops) as fast, \
             blas_threads(1 if n_streams > 1 else None):
         emit("on_start", {"step": state.step, "iters": args.iters, "examples": len(train_set),
                           "batches_per_epoch": len(order), "processes": size, "fast_ops": fast,
-                          "streams": n_streams,
+                          "streams": n_streams, "shared_prefix": groups is not None,
                           "answer_only_head": bool(getattr(loss, "answer_only_head", False))})
         if fresh and metrics:
             values = run_metrics()
@@ -579,13 +713,13 @@ def train(model, optimizer, train_set: TokenizedSet, args: TrainArgs, *, loss=No
         while state.step < args.iters:
             tic, cpu_tic = time.perf_counter(), time.process_time()
             acc = None
-            tokens = loss_tokens = 0
+            tokens = loss_tokens = computed = 0
             for _ in range(args.grad_accum):
                 parts = next_batch()
                 tokens += sum(b.tokens for b in parts)
                 loss_tokens += sum(b.loss_tokens for b in parts)
-                acc = accumulate([tuple(mx.array(x) for x in (b.inputs, b.index, b.targets, b.weights))
-                                  for b in parts], acc)
+                computed += sum(getattr(b, "computed", b.tokens) for b in parts)
+                acc = accumulate([tuple(mx.array(x) for x in _arrays(b)) for b in parts], acc)
             before = model.trainable_parameters()  # references only: kept to undo a bad step
             step_loss, norm = update(*acc)
             mx.eval(cstate, step_loss, norm)
@@ -602,6 +736,7 @@ def train(model, optimizer, train_set: TokenizedSet, args: TrainArgs, *, loss=No
             if size > 1:
                 tokens = int(mx.distributed.all_sum(mx.array(tokens), stream=mx.cpu).item())
                 loss_tokens = int(mx.distributed.all_sum(mx.array(loss_tokens), stream=mx.cpu).item())
+                computed = int(mx.distributed.all_sum(mx.array(computed), stream=mx.cpu).item())
             dt = time.perf_counter() - tic
             first_loss = lv if first_loss is None else first_loss
             last_loss = lv
@@ -611,6 +746,7 @@ def train(model, optimizer, train_set: TokenizedSet, args: TrainArgs, *, loss=No
             window["steps"] += 1
             window["tokens"] += tokens
             window["loss_tokens"] += loss_tokens
+            window["computed"] += computed
             window["seconds"] += dt
             window["cpu"] += time.process_time() - cpu_tic
             emit("on_step", state.step)
@@ -622,7 +758,9 @@ def train(model, optimizer, train_set: TokenizedSet, args: TrainArgs, *, loss=No
                     "loss": window["loss"] / window["steps"],
                     "lr": float(optimizer.learning_rate.item()),
                     "grad_norm": nv,
+                    # effective tokens: every example counted whole, as if run alone
                     "tokens_per_second": window["tokens"] / window["seconds"],
+                    "computed_tokens_per_second": window["computed"] / window["seconds"],
                     # CPU seconds of this process per step: steadier than wall time on a busy machine
                     "cpu_seconds_per_step": window["cpu"] / window["steps"],
                     "trained_tokens": state.tokens,
