@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-base", action="store_true",
                    help="also score the base model without the adapter, in the same run")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N records")
+    p.add_argument("--sample", type=int, default=None, metavar="N",
+                   help="evaluate a random sample of N records (drawn with --seed, kept in file order), "
+                        "e.g. a quick estimate over every database of Spider dev")
     p.add_argument("--output", default=None, help="per-example results (JSONL)")
     p.add_argument("--batch-size", type=int, default=16, help="prompts decoded together (default 16)")
     p.add_argument("--max-tokens", type=int, default=160, help="longest reply in tokens (default 160)")
@@ -199,6 +202,10 @@ def _main(args) -> int:
     problems = []
     if args.limit is not None and args.limit < 1:
         problems.append("--limit must be at least 1")
+    if args.sample is not None and args.sample < 1:
+        problems.append("--sample must be at least 1")
+    if args.sample is not None and args.limit is not None:
+        problems.append("give --limit or --sample, not both")
     if args.batch_size < 1:
         problems.append("--batch-size must be at least 1")
     if args.max_tokens < 1:
@@ -220,6 +227,12 @@ def _main(args) -> int:
 
     path = resolve_data(args.data)
     records, bad = load_records(path, args.limit, args.strict)
+    if args.sample is not None and args.sample < len(records):
+        import random
+
+        keep = sorted(random.Random(args.seed).sample(range(len(records)), args.sample))
+        print(f"a random sample of {args.sample} of {len(records)} records (seed {args.seed})", file=sys.stderr)
+        records = [records[i] for i in keep]
     for err in bad[:10]:
         print(f"skipped: {err}", file=sys.stderr)
     if len(bad) > 10:

@@ -51,6 +51,22 @@ def test_gold_scores_every_record_and_writes_per_example_output(dataset, tmp_pat
     assert not (tmp_path / "pred.jsonl.partial").exists()
 
 
+def test_sample_draws_a_seeded_subset_in_file_order(dataset, tmp_path, capsys):
+    picks = {}
+    for seed in range(8):
+        out = tmp_path / f"s{seed}.jsonl"
+        assert evaluate.main(["--data", str(dataset), "--gold", "--sample", "2", "--seed", str(seed),
+                              "--output", str(out)]) == 0
+        ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+        assert len(ids) == 2 and ids == sorted(ids)
+        picks[seed] = tuple(ids)
+        again = tmp_path / f"again{seed}.jsonl"
+        evaluate.main(["--data", str(dataset), "--gold", "--sample", "2", "--seed", str(seed), "--output", str(again)])
+        assert [json.loads(x)["id"] for x in again.read_text().splitlines()] == ids
+    assert len(set(picks.values())) > 1          # the seed changes the sample
+    assert "a random sample of 2 of 3 records" in capsys.readouterr().err
+
+
 def test_gold_catches_a_broken_gold_query(tmp_path, capsys):
     _db(tmp_path / "db.sqlite")
     path = tmp_path / "test.jsonl"
@@ -87,6 +103,7 @@ def test_strict_stops_at_first_malformed_line(dataset, capsys):
     (["--data", "{data}", "--compare-base"], "--compare-base needs --adapter-path"),
     (["--data", "{data}", "--adapter-path", "/no/such/adapter"], "no such folder"),
     (["--data", "{data}", "--gold", "--limit", "0"], "--limit must be at least 1"),
+    (["--data", "{data}", "--gold", "--sample", "2", "--limit", "2"], "give --limit or --sample, not both"),
 ])
 def test_bad_settings_give_one_clear_error(dataset, capsys, argv, message):
     argv = [a.replace("{data}", str(dataset)) for a in argv]
