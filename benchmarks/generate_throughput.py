@@ -11,6 +11,11 @@ Times are wall clock; CPU time is shown too, a steadier basis on a machine share
 work.
 The baseline feeds mlx_lm the very token ids our engine uses, so any difference in output comes
 from the decoding itself.
+
+``--llamacpp-python PYTHON`` also runs benchmarks/peers/llamacpp_generate.py (llama-cpp-python on
+the same model's GGUF, default the built-in SmolLM2 Q4_1 file, one query at a time, same
+examples, same max tokens) with that interpreter, in its own process after ours, and prints its
+queries/s and latency beside ours (``bash benchmarks/setup_peers.sh`` builds it).
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ def parse_args(argv=None):
                    help="prompt-lookup guesses verified per greedy step (0: off)")
     p.add_argument("--latency-runs", type=int, default=5, help="single-query repetitions (default 5)")
     p.add_argument("--skip-baseline", action="store_true", help="time our engine only")
+    p.add_argument("--llamacpp-python", default=None, metavar="PYTHON",
+                   help="interpreter with llama-cpp-python: also run the llama.cpp peer")
+    p.add_argument("--gguf", default=None, help="GGUF file for the llama.cpp peer (default: built-in SmolLM2 Q4_1)")
     return p.parse_args(argv)
 
 
@@ -145,7 +153,32 @@ def main(argv=None) -> int:
     for b, r, rec in zip(base_texts, ours, records):
         if cut(b) != r.text:
             print(f"  differs ({rec.get('id', '?')}): mlx_lm {cut(b)[:80]!r} / engine {r.text[:80]!r}")
+    if args.llamacpp_python:
+        peer = llamacpp(args, len(ids))
+        print(f"llama.cpp {peer['llama_cpp']} ({Path(peer['gguf']).name}, {peer['threads']} threads, one query at a "
+              f"time): {peer['queries_per_s']:.2f} queries/s, latency mean {peer['mean_latency_s']:.3f} s / median "
+              f"{peer['median_latency_s']:.3f} s; prefill {peer['prefill_tokens_per_s'] or 0:.0f} tok/s, decode "
+              f"{peer['decode_tokens_per_s'] or 0:.0f} tok/s")
+        print(f"ours vs llama.cpp: {len(ids) / t_ours / peer['queries_per_s']:.2f}x queries/s (batched engine), "
+              f"single-query latency {statistics.median(lat_ours) / peer['median_latency_s']:.2f}x llama.cpp's")
     return 0
+
+
+def llamacpp(args, n: int) -> dict:
+    import json
+    import os
+    import subprocess
+
+    cmd = [args.llamacpp_python, str(ROOT / "benchmarks" / "peers" / "llamacpp_generate.py"), "--data", args.input,
+           "--limit", str(n), "--max-tokens", str(args.max_tokens), "--json"]
+    if args.gguf:
+        cmd += ["--gguf", args.gguf]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    line = next((x for x in reversed(proc.stdout.splitlines()) if x.startswith("{")), None)
+    if proc.returncode != 0 or line is None:
+        raise SystemExit(f"the llama.cpp peer failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return json.loads(line)
 
 if __name__ == "__main__":
     sys.exit(main())

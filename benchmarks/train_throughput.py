@@ -1,6 +1,8 @@
-"""Training throughput: our trainer against ``mlx_lm lora``, same model folder, data and settings.
+"""Training throughput: our trainer against ``mlx_lm lora`` and PyTorch + PEFT, same model, data and settings.
 
     python benchmarks/train_throughput.py [--data data] [--iters 12] [--batch-size 4]
+    python benchmarks/train_throughput.py --data data/wikisql --batch-size 8 --iters 24 --report-every 6 \
+        --peft-python /tmp/peers-venv/bin/python          # + the PyTorch/PEFT peer (setup_peers.sh)
 
 The model (default: the built-in SmolLM2-135M-Instruct, dequantized to dense float32, which is
 how both trainers run fastest on a CPU) is written once as a Hugging Face style folder; both
@@ -15,6 +17,14 @@ CPU-second of the training process (a steadier figure on a machine shared with o
 blind to how well each uses the cores), seconds per step and peak memory (MLX's
 ``get_peak_memory``). Ours runs with its default loss on the SQL answer; ``--train-on-prompt``
 adds a run of ours with the loss on every token, as mlx_lm computes it, for comparison.
+
+Ours runs twice: as configured by default (questions on one schema in a batch share one run of
+their prompt prefix) and with ``--no-share-prefix`` (every prompt run whole), so the lever shows.
+Effective tokens count every example whole, as if it ran alone, for every trainer: a shared
+prefix computed once counts for each question that uses it, padding counts for none.
+``--peft-python`` runs benchmarks/peers/peft_train.py (PyTorch + PEFT, an HF-Trainer-style loop
+on the same tokenized examples, same batch size, rank, alpha and learning rate) with that
+interpreter (a venv with torch and peft; ``bash benchmarks/setup_peers.sh`` makes one).
 """
 
 from __future__ import annotations
@@ -82,6 +92,10 @@ def parse_args(argv=None):
     p.add_argument("--train-on-prompt", action="store_true",
                    help="also time ours with the loss on every token")
     p.add_argument("--skip-mlx-lm", action="store_true")
+    p.add_argument("--skip-plain", action="store_true", help="skip our run without shared-prefix packing")
+    p.add_argument("--peft-python", default=None, metavar="PYTHON",
+                   help="interpreter with torch + peft: also run the PyTorch + PEFT peer")
+    p.add_argument("--peft-threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--workdir", default=None, help="keep the model folder and outputs here")
     return p.parse_args(argv)
 
@@ -113,7 +127,7 @@ def run(cmd: list[str], env: dict) -> tuple[str, float, float]:
     return out, wall, cpu
 
 
-def ours(args, folder: Path, out: Path, train_on_prompt: bool) -> dict:
+def ours(args, folder: Path, out: Path, train_on_prompt: bool, share_prefix: bool = True) -> dict:
     cmd = [sys.executable, "-m", "mlx_text2sql.train", "--model", str(folder), "--data", args.data,
            "--iters", str(args.iters), "--batch-size", str(args.batch_size), "--rank", str(args.rank),
            "--alpha", str(args.alpha), "--lr", str(args.lr), "--max-seq-length", str(args.max_seq_length),
@@ -125,6 +139,8 @@ def ours(args, folder: Path, out: Path, train_on_prompt: bool) -> dict:
         cmd += ["--lora-layers", str(args.lora_layers)]
     if train_on_prompt:
         cmd.append("--train-on-prompt")
+    if not share_prefix:
+        cmd.append("--no-share-prefix")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     _, wall, cpu = run(cmd, env)
     reports = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
@@ -133,8 +149,13 @@ def ours(args, folder: Path, out: Path, train_on_prompt: bool) -> dict:
     secs = [b["seconds"] - a["seconds"] for a, b in zip(reports, reports[1:])]
     toks = [b["trained_tokens"] - a["trained_tokens"] for a, b in zip(reports, reports[1:])]
     step_cpu = [r["cpu_seconds_per_step"] * args.report_every for r in reports[1:]]
+    computed = [r.get("computed_tokens_per_second", 0) * (b["seconds"] - a["seconds"])
+                for a, b, r in zip(reports, reports[1:], reports[1:])]
+    label = "loss on every token" if train_on_prompt else ("SQL loss, shared prefix" if share_prefix
+                                                           else "SQL loss, no packing")
     return {
-        "name": "mlx-text2sql" + (" (loss on every token)" if train_on_prompt else " (loss on the SQL)"),
+        "name": f"mlx-text2sql ({label})",
+        "computed_tokens_per_second": sum(computed) / sum(secs),
         "tokens_per_second": sum(toks) / sum(secs),
         "tokens_per_cpu_second": sum(toks) / sum(step_cpu),
         "seconds_per_step": sum(secs) / (args.report_every * len(secs)),
@@ -180,6 +201,29 @@ def mlx_lm(args, folder: Path, out: Path) -> dict:
     }
 
 
+def peft(args, folder: Path) -> dict:
+    cmd = [args.peft_python, str(ROOT / "benchmarks" / "peers" / "peft_train.py"), "--model-dir", str(folder),
+           "--data", str(Path(args.data) / "train.jsonl"), "--batch-size", str(args.batch_size),
+           "--max-seq-length", str(args.max_seq_length), "--steps", str(args.iters - args.report_every),
+           "--warmup-steps", str(args.report_every), "--rank", str(args.rank), "--alpha", str(args.alpha),
+           "--lr", str(args.lr), "--threads", str(args.peft_threads), "--json"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    text, wall, cpu = run(cmd, env)
+    line = next((x for x in reversed(text.splitlines()) if x.startswith("{")), None)
+    if line is None:
+        raise SystemExit(f"the PEFT peer printed no result:\n{text[-3000:]}")
+    r = json.loads(line)
+    return {
+        "name": f"PyTorch {r['torch']} + PEFT {r['peft']}",
+        "tokens_per_second": r["effective_tokens_per_s"],
+        "computed_tokens_per_second": r["padded_tokens_per_s"],
+        "tokens_per_cpu_second": float("nan"),
+        "seconds_per_step": r["seconds"] / max(args.iters - args.report_every, 1),
+        "peak_memory_gb": r["peak_rss_bytes"] / 1e9,
+        "process_wall_s": wall, "process_cpu_s": cpu,
+    }
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.iters < 2 * args.report_every:
@@ -192,25 +236,39 @@ def main(argv=None) -> int:
           f"blocks", flush=True)
     rows = [ours(args, folder, work / "ours", train_on_prompt=False)]
     print(f"  done: {rows[-1]['name']}", flush=True)
+    if not args.skip_plain:
+        rows.append(ours(args, folder, work / "ours-plain", train_on_prompt=False, share_prefix=False))
+        print(f"  done: {rows[-1]['name']}", flush=True)
     if args.train_on_prompt:
         rows.append(ours(args, folder, work / "ours-full", train_on_prompt=True))
         print(f"  done: {rows[-1]['name']}", flush=True)
     if not args.skip_mlx_lm:
         rows.append(mlx_lm(args, folder, work / "mlx_lm"))
         print(f"  done: {rows[-1]['name']}", flush=True)
+    if args.peft_python:
+        rows.append(peft(args, folder))
+        print(f"  done: {rows[-1]['name']}", flush=True)
     width = max(len(r["name"]) for r in rows)
-    print(f"\n{'trainer':<{width}}  {'tokens/s':>9}  {'tok/CPU-s':>9}  {'s/step':>7}  {'peak GB':>7}  "
-          f"{'process wall/CPU s':>18}")
+    print(f"\n{'trainer':<{width}}  {'eff tok/s':>9}  {'run tok/s':>9}  {'tok/CPU-s':>9}  {'s/step':>7}  "
+          f"{'peak GB':>7}  {'process wall/CPU s':>18}")
     for r in rows:
-        print(f"{r['name']:<{width}}  {r['tokens_per_second']:9.1f}  {r['tokens_per_cpu_second']:9.1f}  "
+        print(f"{r['name']:<{width}}  {r['tokens_per_second']:9.1f}  {r.get('computed_tokens_per_second', r['tokens_per_second']):9.1f}  "
+              f"{r['tokens_per_cpu_second']:9.1f}  "
               f"{r['seconds_per_step']:7.2f}  {r['peak_memory_gb']:7.2f}  "
               f"{r['process_wall_s']:8.1f}/{r['process_cpu_s']:.1f}")
     base = next((r for r in rows if r["name"] == "mlx_lm lora"), None)
-    if base:
-        for r in rows:
-            if r is not base:
-                print(f"{r['name']}: {r['tokens_per_second'] / base['tokens_per_second']:.2f}x mlx_lm's tokens/s "
-                      f"(wall clock), {r['tokens_per_cpu_second'] / base['tokens_per_cpu_second']:.2f}x per CPU second")
+    peer = next((r for r in rows if r["name"].startswith("PyTorch")), None)
+    for r in rows:
+        if not r["name"].startswith("mlx-text2sql"):
+            continue
+        parts = []
+        if base:
+            parts.append(f"{r['tokens_per_second'] / base['tokens_per_second']:.2f}x mlx_lm lora (target 3x), "
+                         f"peak memory {r['peak_memory_gb'] / base['peak_memory_gb']:.2f}x mlx_lm's")
+        if peer:
+            parts.append(f"{r['tokens_per_second'] / peer['tokens_per_second']:.2f}x PyTorch+PEFT (target 1.75x)")
+        if parts:
+            print(f"{r['name']}: " + "; ".join(parts) + " in effective tokens/s")
     (work / "results.json").write_text(json.dumps(rows, indent=2))
     print(f"\nresults: {work / 'results.json'}")
     return 0
