@@ -40,6 +40,9 @@ def parse_args(argv=None):
     p.add_argument("--keep-quantized", action="store_true",
                    help="do not dequantize a quantized model (MLX's CPU quantized kernels are slow)")
     p.add_argument("--adapter-path", default=None, help="apply this LoRA adapter to the model")
+    p.add_argument("--no-merge-adapter", action="store_true",
+                   help="keep the LoRA layers separate (default: folded into the dense weights, for "
+                        "ours and the baseline alike, as generate and evaluate do)")
     p.add_argument("--limit", type=int, default=64, help="examples to run (default 64)")
     p.add_argument("--max-tokens", type=int, default=96)
     p.add_argument("--batch-size", type=int, default=16)
@@ -58,7 +61,7 @@ def load(args):
     if args.adapter_path:
         from mlx_text2sql.tuner.lora import load_with_adapter
 
-        return load_with_adapter(args.adapter_path, model=args.model, **kw)
+        return load_with_adapter(args.adapter_path, model=args.model, merge=not args.no_merge_adapter, **kw)
     from mlx_text2sql.models import load_model
 
     return load_model(args.model, **kw)

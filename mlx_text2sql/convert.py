@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 from .errors import ConfigError, InputError, ModelError, run_cli
 from .example import Example, Table
+from .hints import DEFAULT_MAX_HINTS, ValueIndex
 from .prompts import (DEFAULT_SAMPLE_ROWS, build_messages, get_template, render_chat,
                       render_schema)
 from .sources import FORMATS, SourceOptions, get_source
@@ -114,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "folder's tokenizer (also counts tokens for --max-tokens)")
     g.add_argument("--sample-rows", type=int, default=DEFAULT_SAMPLE_ROWS, metavar="N",
                    help=f"sample rows per table in the prompt (default {DEFAULT_SAMPLE_ROWS}; 0: none)")
+    g.add_argument("--value-hints", action="store_true",
+                   help="add a 'Values:' line naming the database cells the question mentions and "
+                        "their columns (schema and value linking for small models; generate --db "
+                        "adds the same line for adapters trained on such records)")
+    g.add_argument("--max-hints", type=int, default=DEFAULT_MAX_HINTS, metavar="N",
+                   help=f"with --value-hints: at most N cells per question (default {DEFAULT_MAX_HINTS})")
     g.add_argument("--max-tokens", type=int, metavar="N",
                    help="fit each example (prompt + SQL) in N tokens by dropping tables the SQL does "
                         "not use, then sample rows; examples that still do not fit are dropped. "
@@ -162,6 +169,8 @@ class Settings:
     chat_template: str | None = None
     model: str | None = None
     sample_rows: int = DEFAULT_SAMPLE_ROWS
+    value_hints: bool = False
+    max_hints: int = DEFAULT_MAX_HINTS
     max_tokens: int | None = None
     tokenizer: str | None = None
     valid_fraction: float = 0.1
@@ -188,6 +197,8 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
         problems.append("--hf-split only applies with --hf-dataset")
     if ns.limit is not None and ns.limit < 1:
         problems.append(f"--limit must be at least 1, got {ns.limit}")
+    if ns.max_hints < 1:
+        problems.append(f"--max-hints must be 1 or more, got {ns.max_hints}")
     if ns.sample_rows < 0:
         problems.append(f"--sample-rows must be 0 or more, got {ns.sample_rows}")
     if ns.max_tokens is not None and ns.max_tokens < 16:
@@ -232,7 +243,7 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
         hf_split=ns.hf_split, hf_config=ns.hf_config, tables=ns.tables, databases=ns.databases,
         limit=ns.limit, strict=ns.strict, record_format=record_format,
         chat_template=ns.chat_template, model=ns.model, sample_rows=ns.sample_rows,
-        max_tokens=ns.max_tokens, tokenizer=ns.tokenizer, valid_fraction=ns.valid_fraction,
+        value_hints=ns.value_hints, max_hints=ns.max_hints, max_tokens=ns.max_tokens, tokenizer=ns.tokenizer, valid_fraction=ns.valid_fraction,
         test_fraction=ns.test_fraction, valid_size=ns.valid_size, test_size=ns.test_size,
         seed=ns.seed, keep_splits=ns.keep_splits, split_map=split_map,
         db_name=ns.db_name or "wikisql.sqlite", build_db=ns.build_db, check_gold=ns.check_gold,
@@ -334,14 +345,14 @@ def _without(tables: list[Table], drop: set[str]) -> list[Table]:
 
 
 def fit_schema(ex: Example, sample_rows: int, max_tokens: int | None,
-               count: Callable[[list[dict]], int]) -> tuple[Fitted, bool] | None:
+               count: Callable[[list[dict]], int], hints: str | None = None) -> tuple[Fitted, bool] | None:
     """The schema to show for ``ex`` within ``max_tokens`` (prompt + SQL), and whether it was
     trimmed. Trims the schema only, never the SQL or the question: first drops tables the gold
     SQL does not mention (last ones first), then lowers the sample rows of every table down to
     none. Returns None when even that does not fit."""
     def tokens(tables: list[Table], rows: int) -> tuple[int, str]:
         schema = render_schema(tables, rows)
-        return count(build_messages(ex.question, schema, ex.sql)), schema
+        return count(build_messages(ex.question, schema, ex.sql, hints=hints)), schema
 
     schema = render_schema(ex.tables, sample_rows)
     if max_tokens is None:
@@ -517,14 +528,16 @@ def assign_splits(result: SourceResult, s: Settings, notes: list[str]) -> dict[s
 
 # --------------------------------------------------------------------------- records
 
-def make_record(ex: Example, fitted: Fitted, renderer: Renderer, out_dir: Path) -> dict:
+def make_record(ex: Example, fitted: Fitted, renderer: Renderer, out_dir: Path,
+                hints: str | None = None) -> dict:
     """One JSONL record: the training form first, then the fields every stage reads."""
-    messages = build_messages(ex.question, fitted.schema, ex.sql)
+    messages = build_messages(ex.question, fitted.schema, ex.sql, hints=hints)
     meta = dict(ex.meta)
     rec = renderer.fields(messages)
     rec.update({
         "question": ex.question,
         "schema": fitted.schema,
+        **({"hints": hints} if hints is not None else {}),
         "sql": ex.sql,
         "source": ex.source,
         "id": ex.id,
@@ -562,7 +575,8 @@ class Summary:
                      "checked_on_data": self.gold.with_data,
                      "non_empty": self.gold.with_data_nonempty, "empty": self.gold.empty},
             "notes": self.notes,
-            "settings": {"sample_rows": s.sample_rows, "max_tokens": s.max_tokens,
+            "settings": {"sample_rows": s.sample_rows, "value_hints": s.value_hints,
+                         "max_hints": s.max_hints, "max_tokens": s.max_tokens,
                          "record_format": s.record_format, "chat_template": s.chat_template,
                          "model": s.model, "seed": s.seed, "keep_splits": s.keep_splits,
                          "valid_fraction": s.valid_fraction, "test_fraction": s.test_fraction,
@@ -592,6 +606,16 @@ def convert(s: Settings) -> Summary:
     else:
         result = source.read(s.input, options, problems)
     summary = Summary(skipped=list(problems.items), notes=list(result.notes))
+    indexes: dict[str, ValueIndex] = {}
+
+    def hint_text(ex: Example, tables: list[Table]) -> str:
+        """The example's value hints, read from its (staged) database; "" without one."""
+        if not ex.db_path:
+            return ""
+        if ex.db_path not in indexes:
+            indexes[ex.db_path] = ValueIndex(result.staging.current(ex.db_path))
+        return indexes[ex.db_path].hint_text(ex.question, [t.name for t in tables], s.max_hints)
+
     try:
         split_examples = assign_splits(result, s, summary.notes)
         all_examples = [ex for exs in split_examples.values() for ex in exs]
@@ -599,6 +623,7 @@ def convert(s: Settings) -> Summary:
             check_gold(all_examples, result, summary.gold, s.progress)
         records: dict[str, list[dict]] = {}
         count = renderer.count
+
         from tqdm import tqdm
 
         bar = tqdm(total=len(all_examples), desc="writing records", unit=" ex", leave=False,
@@ -607,12 +632,15 @@ def convert(s: Settings) -> Summary:
             recs = []
             for ex in split_examples[split]:
                 bar.update(1)
-                fit = fit_schema(ex, s.sample_rows, s.max_tokens, count)
+                hints = hint_text(ex, ex.tables) if s.value_hints else None
+                fit = fit_schema(ex, s.sample_rows, s.max_tokens, count, hints)
                 if fit is None:
                     summary.too_long.append(ex.id or "?")
                     continue
                 fitted, trimmed = fit
-                rec = make_record(ex, fitted, renderer, s.out)
+                if s.value_hints and fitted.dropped_tables:
+                    hints = hint_text(ex, fitted.tables)
+                rec = make_record(ex, fitted, renderer, s.out, hints)
                 if trimmed:
                     summary.trimmed += 1
                     rec["meta"]["trimmed"] = {"dropped_tables": fitted.dropped_tables,
@@ -635,6 +663,9 @@ def convert(s: Settings) -> Summary:
     except BaseException:
         result.staging.rollback()
         raise
+    finally:
+        for index in indexes.values():
+            index.close()
     return summary
 
 

@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run quantized models dense (default on Linux CPU, where it is faster)")
     p.add_argument("--keep-quantized", dest="dequantize", action="store_false",
                    help="keep quantized layers quantized")
+    p.add_argument("--no-merge-adapter", dest="merge_adapter", action="store_false", default=True,
+                   help="keep the adapter's LoRA layers separate (default: a dense base gets the "
+                        "adapter folded into its weights, the same numbers computed with fewer operations)")
     p.add_argument("--chat-template", default=None, help="override the chat template (registry name)")
     p.add_argument("--strict", action="store_true", help="stop at the first malformed JSONL line")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -21,6 +21,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError, InputError, run_cli
 
@@ -52,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run a quantized model dense (default on CPU, where it is faster)")
     m.add_argument("--keep-quantized", dest="dequantize", action="store_false",
                    help="keep quantized layers quantized")
+    m.add_argument("--no-merge-adapter", dest="merge_adapter", action="store_false", default=True,
+                   help="keep the adapter's LoRA layers separate (default: a dense base gets the "
+                        "adapter folded into its weights, the same numbers computed with fewer operations)")
 
     s = p.add_argument_group("schema (one of)")
     s.add_argument("--schema", default=None, help="CREATE TABLE statements")
@@ -63,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "a database of at most 3 tables is shown whole)")
     s.add_argument("--sample-rows", type=int, default=None,
                    help="with --db: rows shown per table (default: as in training, else 3)")
+    s.add_argument("--value-hints", dest="value_hints", action="store_true", default=None,
+                   help="with --db: add the 'Values:' line naming the cells the question mentions "
+                        "(default: when the adapter was trained on records with it)")
+    s.add_argument("--no-value-hints", dest="value_hints", action="store_false",
+                   help="with --db: never add the 'Values:' line")
 
     q = p.add_argument_group("questions")
     q.add_argument("--question", "-q", default=None, help="the question to answer")
@@ -142,9 +151,13 @@ class Schemas:
     (--db, or a record's db_path) read once per (file, tables); with no --tables, the tables
     the question is about are picked per question (:func:`schema_db.select_tables`)."""
 
-    def __init__(self, args, sample_rows: int):
+    def __init__(self, args, sample_rows: int, value_hints: bool = False,
+                 max_hints: int | None = None):
         self.args = args
         self.sample_rows = sample_rows
+        self.value_hints = value_hints
+        self.max_hints = max_hints
+        self._indexes: dict[str, Any] = {}
         self._db_cache: dict[tuple, str] = {}
         self._logged: set[tuple] = set()
         self.fixed: str | None = None
@@ -193,7 +206,16 @@ class Schemas:
     def from_db(self, path: Path, tables: list[str] | None, question: str = "") -> str:
         """Schema text of ``tables`` of the database (``[]``: all; None: those ``question``
         is about)."""
-        from .schema_db import schema_from_db, select_tables
+        from .schema_db import schema_from_db
+
+        tables = self._tables_for(path, tables, question)
+        key = (str(path.resolve()), tuple(tables) if tables else None)
+        if key not in self._db_cache:
+            self._db_cache[key] = schema_from_db(path, tables or None, self.sample_rows)
+        return self._db_cache[key]
+
+    def _tables_for(self, path: Path, tables: list[str] | None, question: str) -> list[str]:
+        from .schema_db import select_tables
 
         if tables is None:
             tables, why = select_tables(path, question)
@@ -201,10 +223,30 @@ class Schemas:
             if key not in self._logged:
                 self._logged.add(key)
                 _log(self.args, f"[generate] {path}: asking over {why}; --tables names them yourself")
-        key = (str(path.resolve()), tuple(tables) if tables else None)
-        if key not in self._db_cache:
-            self._db_cache[key] = schema_from_db(path, tables or None, self.sample_rows)
-        return self._db_cache[key]
+        return tables
+
+    def hints(self, path: Path | None, tables: list[str] | None, question: str) -> str | None:
+        """The value hints line for ``question`` over ``tables`` of the database at ``path``
+        (None when hints are off or there is no database)."""
+        if not self.value_hints or path is None:
+            return None
+        from .hints import DEFAULT_MAX_HINTS, ValueIndex
+        from .schema_db import list_tables, read_tables
+
+        tables = self._tables_for(path, tables, question)
+        names = [t.name for t in read_tables(path, tables, 0)] if tables else list_tables(path)
+        key = str(path.resolve())
+        if key not in self._indexes:
+            self._indexes[key] = ValueIndex(path)
+        return self._indexes[key].hint_text(question, names, self.max_hints or DEFAULT_MAX_HINTS)
+
+    def messages(self, question: str, system: str) -> list[dict[str, str]]:
+        """The prompt for ``question`` over the command's schema (and its value hints)."""
+        from .prompts import build_messages
+
+        schema = self.for_question(question)
+        hints = self.hints(self.db, self.tables, question) if self.fixed is None else None
+        return build_messages(question, schema, system=system, hints=hints)
 
 
 def parse_tables(value: str | None) -> list[str] | None:
@@ -239,7 +281,8 @@ def load(args):
     if args.chat_template:
         kw["chat_template"] = args.chat_template
     t = time.perf_counter()
-    loaded = load_with_adapter(args.adapter_path, model=args.model, **kw)
+    loaded = load_with_adapter(args.adapter_path, model=args.model,
+                               merge=getattr(args, "merge_adapter", True), **kw)
     adapter = f" + adapter {args.adapter_path}" if args.adapter_path else ""
     _log(args, f"[generate] loaded {loaded.spec}{adapter} in {time.perf_counter() - t:.1f}s")
     return loaded
@@ -276,7 +319,11 @@ def _main(argv) -> int:
         sample_rows = trained.get("sample_rows")
         sample_rows = DEFAULT_SAMPLE_ROWS if not isinstance(sample_rows, int) else sample_rows
     system = trained.get("system_prompt") if isinstance(trained.get("system_prompt"), str) else SYSTEM_PROMPT
-    schemas = Schemas(args, sample_rows)
+    value_hints = args.value_hints
+    if value_hints is None:
+        value_hints = bool(trained.get("value_hints"))
+    max_hints = trained.get("max_hints") if isinstance(trained.get("max_hints"), int) else None
+    schemas = Schemas(args, sample_rows, value_hints, max_hints)
 
     if args.input is not None:
         jobs = _read_input(Path(args.input), schemas, system)
@@ -295,7 +342,7 @@ def _main(argv) -> int:
     prompts = None
     if questions is not None:
         # Schema problems (and table choices) show before the model loads.
-        prompts = [build_messages(q, schemas.for_question(q), system=system) for q in questions]
+        prompts = [schemas.messages(q, system) for q in questions]
     loaded = load(args)
     if questions is None:
         return _interactive(args, loaded, schemas, system)
@@ -389,7 +436,7 @@ def _interactive(args, loaded, schemas: Schemas, system: str) -> int:
         if not question or question.lower() in ("exit", "quit", ":q"):
             return 0
         try:
-            prompt = build_messages(question, schemas.for_question(question), system=system)
+            prompt = schemas.messages(question, system)
         except InputError as e:
             print(f"error: {e}", file=sys.stderr)
             continue
@@ -449,6 +496,7 @@ def _read_input(path: Path, schemas: Schemas, system: str) -> list[_Job]:
             if not isinstance(question, str) or not question.strip():
                 raise InputError("record needs a non-empty 'question' (or 'messages')", str(path), lineno)
             schema = rec.get("schema")
+            hints = rec.get("hints") if isinstance(rec.get("hints"), str) else None
             if isinstance(schema, str) and schema.strip():
                 schema = schema.strip()
             elif db_path is not None:
@@ -457,6 +505,8 @@ def _read_input(path: Path, schemas: Schemas, system: str) -> list[_Job]:
                     tables = schemas.tables  # the command's --db: its --tables choice
                 try:
                     schema = schemas.from_db(db_path, tables, question)
+                    if hints is None:
+                        hints = schemas.hints(db_path, tables, question)
                 except InputError as e:
                     raise InputError(f"record's database: {e}", str(path), lineno) from None
             elif schemas.fixed is not None:
@@ -464,7 +514,7 @@ def _read_input(path: Path, schemas: Schemas, system: str) -> list[_Job]:
             else:
                 raise InputError("record has no 'schema' or 'db_path', and no --schema/--db was given",
                                  str(path), lineno)
-            msgs = build_messages(question, schema, system=system)
+            msgs = build_messages(question, schema, system=system, hints=hints)
         jobs.append(_Job(rec, msgs, db_path, where))
     if not jobs:
         raise InputError("no records", str(path))

@@ -71,17 +71,23 @@ def render_schema(tables: Iterable[Table], sample_rows: int = DEFAULT_SAMPLE_ROW
     return "\n\n".join(render_table(t, sample_rows) for t in tables)
 
 
-def user_message(question: str, schema: str) -> str:
-    return f"Schema:\n{schema.strip()}\n\nQuestion: {question.strip()}"
+def user_message(question: str, schema: str, hints: str | None = None) -> str:
+    """The user turn: schema, question, and (when given) the value hints line of
+    :mod:`mlx_text2sql.hints`. Hints come after the question so that every question on one
+    schema shares the same prompt prefix (what prefix caching in training and generation uses)."""
+    text = f"Schema:\n{schema.strip()}\n\nQuestion: {question.strip()}"
+    if hints:
+        text += f"\nValues: {hints.strip()}"
+    return text
 
 
 def build_messages(question: str, schema: str, sql: str | None = None,
-                   system: str | None = SYSTEM_PROMPT) -> list[dict[str, str]]:
+                   system: str | None = SYSTEM_PROMPT, hints: str | None = None) -> list[dict[str, str]]:
     """Chat messages for one example; the assistant turn is included when ``sql`` is given."""
     msgs = []
     if system:
         msgs.append({"role": "system", "content": system})
-    msgs.append({"role": "user", "content": user_message(question, schema)})
+    msgs.append({"role": "user", "content": user_message(question, schema, hints)})
     if sql is not None:
         msgs.append({"role": "assistant", "content": sql.strip()})
     return msgs
@@ -106,7 +112,7 @@ def record_messages(record: dict, with_answer: bool = False) -> list[dict[str, s
         return msgs
     if "question" in record and "schema" in record:
         return build_messages(record["question"], record["schema"],
-                              record.get("sql") if with_answer else None)
+                              record.get("sql") if with_answer else None, hints=record.get("hints"))
     raise KeyError("record has neither 'messages' nor 'question' + 'schema'")
 
 

@@ -215,6 +215,9 @@ def _prompt_settings(cfg: dict, lm, data_dir: Path) -> dict:
         try:
             conv = json.loads(report.read_text()).get("settings") or {}
             out["sample_rows"] = conv.get("sample_rows")
+            out["value_hints"] = bool(conv.get("value_hints"))
+            if conv.get("value_hints"):
+                out["max_hints"] = conv.get("max_hints")
             out["convert"] = conv
         except (OSError, ValueError):
             pass

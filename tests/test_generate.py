@@ -288,6 +288,37 @@ def test_adapter_changes_the_output_like_the_engine_says(tmp_path, tiny_llama, c
     assert code == 0 and json.loads(out)["reply"] == with_adapter.text
 
 
+def test_a_merged_adapter_computes_what_the_separate_one_does(tmp_path, tiny_llama, capsys):
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    from mlx_text2sql.engine import SQLGenerator
+    from mlx_text2sql.tuner.lora import load_with_adapter, lora_layers
+
+    adapter = _adapter(tiny_llama, tmp_path / "adapter", nonzero=True)
+    sep = load_with_adapter(adapter)
+    merged = load_with_adapter(adapter, merge=True)
+    assert merged.adapter_merged and not sep.adapter_merged
+    assert lora_layers(sep.model) and not lora_layers(merged.model)
+    assert all(type(m) is nn.Linear for _, m in merged.model.layers[0].self_attn.children().items()
+               if isinstance(m, nn.Module) and hasattr(m, "weight"))
+    toks = mx.array([[1, 5, 9, 14, 3, 7, 22, 8]])
+    a, b = sep.model(toks), merged.model(toks)
+    assert mx.allclose(a, b, atol=1e-4, rtol=1e-4).item()
+    msgs = build_messages("how many?", SCHEMA)
+    assert (SQLGenerator(sep).generate([msgs], max_tokens=12)[0].tokens
+            == SQLGenerator(merged).generate([msgs], max_tokens=12)[0].tokens)
+    # generate merges by default; --no-merge-adapter keeps the layers, with the same reply
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"question": "how many?", "schema": SCHEMA}) + "\n")
+    replies = []
+    for extra in ([], ["--no-merge-adapter"]):
+        code, out, err = run(["--adapter-path", str(adapter), "--input", str(inp), "--max-tokens", "12", *extra], capsys)
+        assert code == 0, err
+        replies.append(json.loads(out)["reply"])
+    assert replies[0] == replies[1]
+
+
 def test_cli_dispatcher_runs_generate(chatml, capsys):
     from mlx_text2sql import cli
 

@@ -400,14 +400,20 @@ def _names(names: list[str], limit: int = 6) -> str:
 
 
 def load_with_adapter(adapter_dir: str | os.PathLike | None = None, model: str | None = None,
-                      **load_kw):
+                      merge: bool = False, **load_kw):
     """Load the base model an adapter was trained on, apply the adapter, and set eval mode.
 
     model: base model spec; defaults to the adapter config's ``base_model``.
     load_kw: :func:`mlx_text2sql.models.load.load_model` keywords (dtype, dequantize, quantize,
         group_size, chat_template); each defaults to what the adapter was trained with.
+    merge: for inference, fold the adapter into the weights (``W + scale * (A B)^T``) when every
+        adapted layer is dense, so a forward pass runs one matmul per linear layer instead of
+        three and an add (about a third fewer operations for an all-layer adapter). Exact up to
+        float rounding; a quantized base keeps the adapter separate (re-quantizing would round
+        part of the update away).
     With no ``adapter_dir`` it loads the base model alone. Returns a ``LoadedModel`` whose
-    ``adapter`` attribute holds the normalised adapter config (None without adapter).
+    ``adapter`` attribute holds the normalised adapter config (None without adapter) and
+    ``adapter_merged`` whether it was folded in.
     """
     from ..models.load import load_model
 
@@ -426,10 +432,16 @@ def load_with_adapter(adapter_dir: str | os.PathLike | None = None, model: str |
     else:
         spec = model
     loaded = load_model(spec, **load_kw)
+    merged = False
     if cfg is not None:
         load_adapter(loaded.model, adapter_dir)
+        if merge and all(not isinstance(layer.linear, nn.QuantizedLinear)
+                         for _, layer in lora_layers(loaded.model)):
+            fuse_lora(loaded.model)
+            merged = True
     loaded.model.eval()
     loaded.adapter = cfg
+    loaded.adapter_merged = merged
     return loaded
 
 
