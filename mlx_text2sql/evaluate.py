@@ -50,7 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", type=int, default=None, metavar="N",
                    help="evaluate a random sample of N records (drawn with --seed, kept in file order), "
                         "e.g. a quick estimate over every database of Spider dev")
-    p.add_argument("--output", default=None, help="per-example results (JSONL)")
+    p.add_argument("--output", default=None,
+                   help="per-example results (JSONL); written as they are scored, to OUTPUT.partial "
+                        "until the run ends (an interrupted run keeps what it scored)")
+    p.add_argument("--resume", action="store_true",
+                   help="with --output: take the results an interrupted run left in OUTPUT.partial "
+                        "and generate only the rest")
     p.add_argument("--batch-size", type=int, default=16, help="prompts decoded together (default 16)")
     p.add_argument("--max-tokens", type=int, default=160, help="longest reply in tokens (default 160)")
     p.add_argument("--temp", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
@@ -108,16 +113,39 @@ def load_records(path: Path, limit: int | None, strict: bool) -> tuple[list[dict
     return records, problems
 
 
-class _Writer:
-    """Writes per-example results as they come to ``PATH.partial``; renamed to PATH at the end."""
+def result_key(rec: dict, label: str) -> str:
+    """What identifies one example's result across runs: the model label, id and question."""
+    return json.dumps([label, rec.get("id"), rec.get("question")], ensure_ascii=False)
 
-    def __init__(self, path: str | None):
+
+class _Writer:
+    """Writes per-example results as they come to ``PATH.partial``; renamed to PATH at the end.
+
+    With ``resume``, the results already in ``PATH.partial`` are read first (``done``: key ->
+    result) and kept at the head of the file; a torn last line (the run died mid-write) is
+    dropped."""
+
+    def __init__(self, path: str | None, resume: bool = False):
         self.path = Path(path) if path else None
         self.f = None
+        self.done: dict[str, dict] = {}
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.partial = self.path.with_name(self.path.name + ".partial")
+            kept = []
+            if resume and self.partial.is_file():
+                for line in self.partial.read_text(encoding="utf-8").splitlines():
+                    try:
+                        r = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(r, dict) and "model" in r:
+                        self.done[result_key(r, r["model"])] = r
+                        kept.append(line)
             self.f = open(self.partial, "w", encoding="utf-8")
+            for line in kept:
+                self.f.write(line + "\n")
+            self.f.flush()
 
     def write(self, rec: dict) -> None:
         if self.f:
@@ -151,7 +179,12 @@ def score_predictions(records, predictions, base_dir, *, timeout_s, label, write
 
 
 def run_model(records, base_dir, args, *, adapter_path, label, writer):
-    """Generate SQL for every record with one model; returns (results, throughput info)."""
+    """Generate SQL for every record with one model; returns (results, throughput info).
+
+    Records are generated and scored in chunks (4 batches at a time, at least 64), each chunk's
+    results written before the next starts, so an interrupted run keeps what it finished;
+    records whose result ``writer.done`` already holds (``--resume``) are not generated again.
+    The engine keeps computed schema prefixes between chunks."""
     from tqdm import tqdm
 
     from .engine import SQLGenerator
@@ -161,25 +194,39 @@ def run_model(records, base_dir, args, *, adapter_path, label, writer):
     # Same model loading as generate (CPU: dense float32; adapter's own settings otherwise).
     loaded = load_for_inference(argparse.Namespace(**{**vars(args), "adapter_path": adapter_path}))
     gen = SQLGenerator(loaded)
-    prompts = [record_messages(r) for r in records]
-    bar = tqdm(total=len(prompts), desc=f"{label}: generating", unit="q", disable=args.quiet,
+    results: list[dict | None] = [writer.done.get(result_key(r, label)) for r in records]
+    todo = [i for i, r in enumerate(results) if r is None]
+    if len(todo) < len(records):
+        print(f"{label}: {len(records) - len(todo)} results taken from {writer.partial}, "
+              f"{len(todo)} to generate", file=sys.stderr)
+    bar = tqdm(total=len(todo), desc=f"{label}: generating", unit="q", disable=args.quiet,
                file=sys.stderr)
+    chunk = max(64, 4 * args.batch_size)
+    outs = []
     t0 = time.perf_counter()
-    outs = gen.generate(prompts, max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p,
-                        seed=args.seed, batch_size=args.batch_size, progress=bar.update)
+    for lo in range(0, len(todo), chunk):
+        part = todo[lo: lo + chunk]
+        got = gen.generate([record_messages(records[i]) for i in part], max_tokens=args.max_tokens,
+                           temp=args.temp, top_p=args.top_p, seed=args.seed,
+                           batch_size=args.batch_size, progress=bar.update)
+        scored = score_predictions([records[i] for i in part], [o.sql for o in got], base_dir,
+                                   timeout_s=args.timeout, label=label, writer=writer,
+                                   replies=[o.text for o in got], latencies=[o.seconds for o in got])
+        for i, r in zip(part, scored):
+            results[i] = r
+        outs += got
     wall = time.perf_counter() - t0
     bar.close()
     n_tokens = sum(o.n_tokens for o in outs)
-    results = score_predictions(records, [o.sql for o in outs], base_dir, timeout_s=args.timeout,
-                                label=label, writer=writer, replies=[o.text for o in outs],
-                                latencies=[o.seconds for o in outs])
-    speed = {
-        "queries_per_s": len(records) / wall if wall > 0 else None,
-        "generated_tokens_per_s": n_tokens / wall if wall > 0 else None,
-        "mean_latency_s": sum(o.seconds for o in outs) / max(1, len(outs)),
-        "wall_s": wall,
-        "truncated_replies": sum(o.finish_reason == "length" for o in outs),
-    }
+    speed = None
+    if outs:
+        speed = {
+            "queries_per_s": len(outs) / wall if wall > 0 else None,
+            "generated_tokens_per_s": n_tokens / wall if wall > 0 else None,
+            "mean_latency_s": sum(o.seconds for o in outs) / len(outs),
+            "wall_s": wall,
+            "truncated_replies": sum(o.finish_reason == "length" for o in outs),
+        }
     del gen, loaded
     return results, speed
 
@@ -245,7 +292,9 @@ def _main(args) -> int:
     base_dir = path.parent
     print(f"evaluating {len(records)} records from {path}", file=sys.stderr)
 
-    writer = _Writer(args.output)
+    if args.resume and not args.output:
+        raise ConfigError("--resume needs --output (the file whose .partial it continues)")
+    writer = _Writer(args.output, resume=args.resume)
     ok = False
     try:
         runs: list[tuple[str, dict, dict | None]] = []
@@ -263,6 +312,11 @@ def _main(args) -> int:
                                        label=label, writer=writer)
             runs.append((label, summarize(results), speed))
         ok = True
+    except KeyboardInterrupt:
+        if args.output:
+            print(f"\ninterrupted: the results scored so far are in {writer.partial}; run the same "
+                  "command with --resume to generate only the rest", file=sys.stderr)
+        raise
     finally:
         writer.close(ok)
 

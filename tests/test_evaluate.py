@@ -125,3 +125,69 @@ def test_model_run_scores_generated_sql(dataset, tiny_llama, tmp_path, capsys):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 3 and all(r["model"] == "model" and "reply" in r for r in rows)
     assert all(r["match"] is False for r in rows)
+
+
+def test_an_interrupted_run_keeps_its_results_and_resume_generates_only_the_rest(tmp_path, capsys, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_engine import make_programmed_model
+
+    from mlx_text2sql.engine import SQLGenerator
+
+    reply = "SELECT SUM(points) FROM players"
+    model = make_programmed_model(tmp_path / "m", reply, "chatml")
+    _db(tmp_path / "db.sqlite")
+    recs = [_record(i, f"what is the total of points, take {i}?" if i % 2 else f"who plays, take {i}?",
+                    reply if i % 2 else 'SELECT "name" FROM "players"') for i in range(70)]
+    data = tmp_path / "test.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = tmp_path / "pred.jsonl"
+    argv = ["--data", str(data), "--model", str(model), "--max-tokens", "24", "--batch-size", "8",
+            "--output", str(out), "--quiet"]
+
+    generated = []
+    real_generate = SQLGenerator.generate
+
+    def counting(self, prompts, **kw):
+        generated.append(len(prompts))
+        return real_generate(self, prompts, **kw)
+
+    monkeypatch.setattr(SQLGenerator, "generate", counting)
+    real_score = evaluate.score_predictions
+    calls = []
+
+    def interrupt_second_chunk(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_score(*a, **kw)
+
+    monkeypatch.setattr(evaluate, "score_predictions", interrupt_second_chunk)
+    assert evaluate.main(argv) != 0
+    err = capsys.readouterr().err
+    partial = tmp_path / "pred.jsonl.partial"
+    assert "--resume" in err and str(partial) in err and not out.exists()
+    kept = [json.loads(line) for line in partial.read_text().splitlines()]
+    assert [r["id"] for r in kept] == [f"t{i}" for i in range(64)]   # the first chunk, scored
+    # a torn last line (killed mid-write) is dropped on resume
+    with open(partial, "a") as f:
+        f.write('{"id": "t64", "mod')
+
+    monkeypatch.setattr(evaluate, "score_predictions", real_score)
+    generated.clear()
+    assert evaluate.main(argv + ["--resume"]) == 0
+    cap = capsys.readouterr()
+    assert generated == [6]                       # only the 6 unscored records
+    assert "64 results taken from" in cap.err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == sorted(f"t{i}" for i in range(70))
+    assert all(r["match"] == (int(r["id"][1:]) % 2 == 1) for r in rows)
+    assert cap.out.strip().splitlines()[-1] == "execution_accuracy: 0.500"
+    assert not partial.exists()
+
+
+def test_resume_needs_output(dataset, capsys):
+    assert evaluate.main(["--data", str(dataset), "--gold", "--resume"]) == 2
+    assert "--resume needs --output" in capsys.readouterr().err
