@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="with --output: take the results an interrupted run left in OUTPUT.partial "
                         "and generate only the rest")
+    p.add_argument("--fix-values", action="store_true",
+                   help="value repair (mlx_text2sql/repair.py): a predicted column = 'text' whose text "
+                        "is no cell of that column but a near miss of one cell gets that cell's text; "
+                        "the accuracy without it is reported too")
     p.add_argument("--batch-size", type=int, default=16, help="prompts decoded together (default 16)")
     p.add_argument("--max-tokens", type=int, default=160, help="longest reply in tokens (default 160)")
     p.add_argument("--temp", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
@@ -160,13 +164,25 @@ class _Writer:
 
 
 def score_predictions(records, predictions, base_dir, *, timeout_s, label, writer, replies=None,
-                      latencies=None):
-    """Evaluate ``predictions[i]`` (SQL text) against ``records[i]``; returns per-example dicts."""
-    from .metrics import evaluate_prediction
+                      latencies=None, repairer=None):
+    """Evaluate ``predictions[i]`` (SQL text) against ``records[i]``; returns per-example dicts.
+
+    With a :class:`~mlx_text2sql.repair.Repairer`, each prediction is value-repaired first; a
+    changed one also records ``pred_sql_raw``, ``value_fixes`` and ``match_raw`` (the raw
+    prediction's score)."""
+    from .metrics import _resolve_db, evaluate_prediction
 
     results = []
     for i, (rec, pred) in enumerate(zip(records, predictions)):
+        fixes = []
+        raw = pred
+        if repairer is not None:
+            pred, fixes = repairer.fix(pred, _resolve_db(rec, base_dir), rec.get("question") or "")
         r = evaluate_prediction(rec, pred, base_dir=base_dir, timeout_s=timeout_s)
+        if fixes:
+            r["pred_sql_raw"] = raw
+            r["value_fixes"] = [[f.column, f.old, f.new] for f in fixes]
+            r["match_raw"] = evaluate_prediction(rec, raw, base_dir=base_dir, timeout_s=timeout_s)["match"]
         r["question"] = rec.get("question")
         r["model"] = label
         if replies is not None:
@@ -194,6 +210,11 @@ def run_model(records, base_dir, args, *, adapter_path, label, writer):
     # Same model loading as generate (CPU: dense float32; adapter's own settings otherwise).
     loaded = load_for_inference(argparse.Namespace(**{**vars(args), "adapter_path": adapter_path}))
     gen = SQLGenerator(loaded)
+    repairer = None
+    if getattr(args, "fix_values", False):
+        from .repair import Repairer
+
+        repairer = Repairer()
     results: list[dict | None] = [writer.done.get(result_key(r, label)) for r in records]
     todo = [i for i, r in enumerate(results) if r is None]
     if len(todo) < len(records):
@@ -211,7 +232,8 @@ def run_model(records, base_dir, args, *, adapter_path, label, writer):
                            batch_size=args.batch_size, progress=bar.update)
         scored = score_predictions([records[i] for i in part], [o.sql for o in got], base_dir,
                                    timeout_s=args.timeout, label=label, writer=writer,
-                                   replies=[o.text for o in got], latencies=[o.seconds for o in got])
+                                   replies=[o.text for o in got], latencies=[o.seconds for o in got],
+                                   repairer=repairer)
         for i, r in zip(part, scored):
             results[i] = r
         outs += got
@@ -227,6 +249,8 @@ def run_model(records, base_dir, args, *, adapter_path, label, writer):
             "wall_s": wall,
             "truncated_replies": sum(o.finish_reason == "length" for o in outs),
         }
+    if repairer is not None:
+        repairer.close()
     del gen, loaded
     return results, speed
 
@@ -235,12 +259,35 @@ def _report(label: str, summary: dict, speed: dict | None) -> str:
     from .metrics import format_summary
 
     lines = [f"== {label} ==", format_summary(summary)]
+    fixed = summary.get("value_repair")
+    if fixed:
+        lines.append(f"value repair: {fixed['changed']} predictions changed ({fixed['gained']} now match, "
+                     f"{fixed['lost']} no longer do); execution accuracy without it "
+                     f"{100 * fixed['execution_accuracy_raw']:.1f}%")
     if speed:
         lines.append(
             f"speed: {speed['queries_per_s']:.2f} queries/s, {speed['generated_tokens_per_s']:.1f} generated tokens/s, "
             f"mean latency {speed['mean_latency_s']:.2f}s per query (batched), "
             f"{speed['truncated_replies']} replies hit --max-tokens")
     return "\n".join(lines)
+
+
+def _summarize(results: list[dict], args) -> dict:
+    """:func:`metrics.summarize`, plus what value repair changed (with --fix-values)."""
+    from .metrics import summarize
+
+    summary = summarize(results)
+    if getattr(args, "fix_values", False):
+        changed = [r for r in results if "match_raw" in r]
+        scored = [r for r in results if r.get("match") is not None]
+        raw_ok = sum(bool(r["match_raw"] if "match_raw" in r else r["match"]) for r in scored)
+        summary["value_repair"] = {
+            "changed": len(changed),
+            "gained": sum(bool(r["match"]) and not r["match_raw"] for r in changed),
+            "lost": sum(bool(r["match_raw"]) and not r["match"] for r in changed),
+            "execution_accuracy_raw": raw_ok / len(scored) if scored else 0.0,
+        }
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -306,11 +353,11 @@ def _main(args) -> int:
             if args.compare_base:
                 results, speed = run_model(records, base_dir, args, adapter_path=None, label="base",
                                            writer=writer)
-                runs.append(("base", summarize(results), speed))
+                runs.append(("base", _summarize(results, args), speed))
             label = "adapter" if args.adapter_path else "model"
             results, speed = run_model(records, base_dir, args, adapter_path=args.adapter_path,
                                        label=label, writer=writer)
-            runs.append((label, summarize(results), speed))
+            runs.append((label, _summarize(results, args), speed))
         ok = True
     except KeyboardInterrupt:
         if args.output:

@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = p.add_argument_group("execution")
     e.add_argument("--execute", action="store_true", help="run the SQL on --db (read-only) and print the result")
+    e.add_argument("--fix-values", action="store_true",
+                   help="value repair against the database (--db, or a record's db_path): a "
+                        "column = 'text' whose text is no cell of that column but a near miss of one "
+                        "cell gets that cell's text (changes are noted on stderr)")
     e.add_argument("--max-rows", type=int, default=20, help="result rows shown (default 20)")
     e.add_argument("--timeout", type=float, default=5.0, help="seconds the query may run (default 5)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or timing notes")
@@ -385,6 +389,21 @@ def _answer(args, loaded, questions: list[str], prompts: list[list[dict]]) -> in
     return status
 
 
+def _repaired(args, sql: str, db, question: str, where: str = "") -> str:
+    """``sql`` after value repair (--fix-values) against ``db``; each change noted on stderr."""
+    if not getattr(args, "fix_values", False) or not sql or db is None:
+        return sql
+    if getattr(args, "_repairer", None) is None:
+        from .repair import Repairer
+
+        args._repairer = Repairer()
+    fixed, fixes = args._repairer.fix(sql, db, question)
+    for f in fixes:
+        _log(args, f"[generate] {where}value repair: {f.column} = {f.old!r} -> {f.new!r} "
+                   f"(a cell of {f.table}, similarity {f.ratio:.2f})")
+    return fixed
+
+
 def _emit(args, question: str, r) -> int:
     if args.stream and r.finish_reason == "length":
         print(f"note: the reply hit --max-tokens ({args.max_tokens})", file=sys.stderr)
@@ -393,9 +412,10 @@ def _emit(args, question: str, r) -> int:
               file=sys.stderr)
         print("", flush=True)
         return 1
-    print(r.sql, flush=True)
+    sql = _repaired(args, r.sql, args.db, question)
+    print(sql, flush=True)
     if args.execute:
-        return _execute(args, r.sql)
+        return _execute(args, sql)
     return 0
 
 
@@ -539,10 +559,13 @@ def _run_batch(args, loaded, jobs: list[_Job]) -> int:
     failed = 0
     for job, r in zip(jobs, results):
         rec = dict(job.record)
-        rec.update({"prediction": r.sql, "reply": r.text, "n_tokens": r.n_tokens,
+        sql = _repaired(args, r.sql, job.db_path, str(rec.get("question") or ""), f"{job.where}: ")
+        rec.update({"prediction": sql, "reply": r.text, "n_tokens": r.n_tokens,
                     "finish_reason": r.finish_reason})
+        if sql != r.sql:
+            rec["prediction_raw"] = r.sql
         if args.execute:
-            rec["execution"] = _execute_record(job, r.sql, args)
+            rec["execution"] = _execute_record(job, sql, args)
             failed += "error" in rec["execution"]
         out_records.append(rec)
     if args.output:
