@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="value repair against the database (--db, or a record's db_path): a "
                         "column = 'text' whose text is no cell of that column but a near miss of one "
                         "cell gets that cell's text (changes are noted on stderr)")
+    e.add_argument("--exec-guided", type=int, default=0, metavar="N",
+                   help="execution-guided decoding against the database (--db, or a record's db_path): "
+                        "a greedy query that fails there (an error, or no rows) is replaced by the "
+                        "result most of N sampled replies agree on (changes are noted on stderr; default 0: off)")
+    e.add_argument("--guided-temp", type=float, default=0.7,
+                   help="sampling temperature of --exec-guided (default 0.7)")
     e.add_argument("--max-rows", type=int, default=20, help="result rows shown (default 20)")
     e.add_argument("--timeout", type=float, default=5.0, help="seconds the query may run (default 5)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or timing notes")
@@ -137,6 +143,12 @@ def _validate(args) -> None:
         problems.append("--top-p must be in (0, 1]")
     if args.max_rows < 1:
         problems.append("--max-rows must be at least 1")
+    if args.exec_guided < 0:
+        problems.append("--exec-guided must be 0 (off) or a number of samples")
+    if args.exec_guided and args.guided_temp <= 0:
+        problems.append("--guided-temp must be above 0 (the alternatives are sampled)")
+    if args.exec_guided and args.db is None and args.input is None:
+        problems.append("--exec-guided needs --db (the database the queries are checked on)")
     if args.execute and args.db is None and args.input is None:
         problems.append("--execute needs --db (the database to run the SQL on)")
     if args.adapter_path is not None and not Path(args.adapter_path).is_dir():
@@ -383,10 +395,51 @@ def _answer(args, loaded, questions: list[str], prompts: list[list[dict]]) -> in
     wall = time.perf_counter() - t
     n_tok = sum(r.n_tokens for r in results)
     _log(args, f"[generate] {len(results)} question(s), {n_tok} tokens in {wall:.2f}s")
+    sqls = _final_sqls(args, gen, prompts, results, [args.db] * len(results), questions,
+                       [""] * len(results))
     status = 0
-    for q, r in zip(questions, results):
-        status = max(status, _emit(args, q, r))
+    for q, r, sql in zip(questions, results, sqls):
+        status = max(status, _emit(args, q, r, sql))
     return status
+
+
+def _final_sqls(args, gen, prompts, results, dbs, questions, wheres, choices_out=None) -> list[str]:
+    """Each reply's SQL after value repair (--fix-values) and execution-guided decoding
+    (--exec-guided), both against the question's database; what changed is noted on stderr.
+    ``choices_out`` receives the guide's choices (None per reply when it is off)."""
+    sqls = [_repaired(args, r.sql, db, q, w) if r.sql else r.sql
+            for r, db, q, w in zip(results, dbs, questions, wheres)]
+    if not getattr(args, "exec_guided", 0):
+        if choices_out is not None:
+            choices_out.extend([None] * len(sqls))
+        return sqls
+    from .guided import ExecutionGuide, Item
+
+    if getattr(args, "_guide", None) is None:
+        repairer = None
+        if getattr(args, "fix_values", False):
+            from .repair import Repairer
+
+            repairer = args._repairer = getattr(args, "_repairer", None) or Repairer()
+        args._guide = ExecutionGuide(gen, samples=args.exec_guided, temp=args.guided_temp, top_p=0.95,
+                                     seed=args.seed or 0, max_tokens=args.max_tokens,
+                                     batch_size=args.batch_size, timeout_s=args.timeout, repairer=repairer)
+    items = [Item(p, sql or "", str(db) if db is not None else None, q)
+             for p, sql, db, q in zip(prompts, sqls, dbs, questions)]
+    choices = args._guide.refine(items)
+    for c, w in zip(choices, wheres):
+        if c.reason is None:
+            continue
+        what = {"error": "failed", "empty": "returned no rows"}[c.reason]
+        if c.changed:
+            _log(args, f"[generate] {w}execution-guided: the greedy query {what}; {c.usable} of {c.samples} "
+                       f"sampled queries ran, {c.votes} agree on the result: {c.sql}")
+        else:
+            _log(args, f"[generate] {w}execution-guided: the greedy query {what}, and none of {c.samples} "
+                       "sampled queries returned rows; keeping it")
+    if choices_out is not None:
+        choices_out.extend(choices)
+    return [c.sql for c in choices]
 
 
 def _repaired(args, sql: str, db, question: str, where: str = "") -> str:
@@ -404,15 +457,16 @@ def _repaired(args, sql: str, db, question: str, where: str = "") -> str:
     return fixed
 
 
-def _emit(args, question: str, r) -> int:
+def _emit(args, question: str, r, sql: str | None = None) -> int:
     if args.stream and r.finish_reason == "length":
         print(f"note: the reply hit --max-tokens ({args.max_tokens})", file=sys.stderr)
-    if not r.sql:
+    if not (sql if sql is not None else r.sql):
         print(f"no SQL query in the model's reply to {question!r}: {r.text.strip()[:200]!r}",
               file=sys.stderr)
         print("", flush=True)
         return 1
-    sql = _repaired(args, r.sql, args.db, question)
+    if sql is None:
+        sql = _repaired(args, r.sql, args.db, question)
     print(sql, flush=True)
     if args.execute:
         return _execute(args, sql)
@@ -472,7 +526,8 @@ def _interactive(args, loaded, schemas: Schemas, system: str) -> int:
                            seed=args.seed, stream_callback=stream)
         if stream:
             sys.stderr.write("\n")
-        _emit(args, question, r)
+        [sql] = _final_sqls(args, gen, [prompt], [r], [args.db], [question], [""])
+        _emit(args, question, r, sql)
         _log(args, f"[{r.n_tokens} tokens, {time.perf_counter() - t:.2f}s]")
 
 
@@ -557,13 +612,18 @@ def _run_batch(args, loaded, jobs: list[_Job]) -> int:
     wall = time.perf_counter() - t
     out_records = []
     failed = 0
-    for job, r in zip(jobs, results):
+    choices: list = []
+    sqls = _final_sqls(args, gen, [j.messages for j in jobs], results, [j.db_path for j in jobs],
+                       [str(j.record.get("question") or "") for j in jobs], [f"{j.where}: " for j in jobs],
+                       choices)
+    for job, r, sql, choice in zip(jobs, results, sqls, choices):
         rec = dict(job.record)
-        sql = _repaired(args, r.sql, job.db_path, str(rec.get("question") or ""), f"{job.where}: ")
         rec.update({"prediction": sql, "reply": r.text, "n_tokens": r.n_tokens,
                     "finish_reason": r.finish_reason})
         if sql != r.sql:
             rec["prediction_raw"] = r.sql
+        if choice is not None and choice.reason is not None:
+            rec["guided"] = choice.as_json()
         if args.execute:
             rec["execution"] = _execute_record(job, sql, args)
             failed += "error" in rec["execution"]

@@ -1,0 +1,178 @@
+"""Execution-guided decoding: a greedy query that fails on the database is replaced by the
+answer most sampled alternatives agree on.
+
+A Text2SQL model's greedy query sometimes cannot be right, and the database says so before any
+gold query is consulted: it raises an error or returns no rows (questions are asked about rows
+that exist). For such a query (and only such a query) the model is asked again: ``n`` replies
+are sampled for the same prompt (prefix-cached, so the prompt is computed once), each is
+value-repaired when a :class:`~mlx_text2sql.repair.Repairer` is given, run, and the usable ones
+(those that return rows) vote with their results; the largest group wins, ties going to the group
+whose first member was sampled first, and that member's SQL is the answer. When no sample is
+usable the greedy query stays. This is the execution-guided decoding of Wang et al. (2018,
+"Robust Text-to-SQL Generation with Execution-Guided Decoding") with self-consistency voting
+over execution results in place of beam search; it needs the database, never the gold query.
+
+Used by ``evaluate --exec-guided N`` (which reports the accuracy with and without it) and
+``generate --db ... --exec-guided N``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from .sqlexec import try_execute
+
+REASONS = ("error", "empty")
+
+# A result of only NULLs (an aggregate over no rows, empty cells) is NOT treated as a failure:
+# on WikiSQL validation questions most such greedy queries were right (the gold query returns
+# NULL too), and replacing them lost more than it gained.
+
+
+@dataclass
+class Item:
+    """One query to check: the prompt it came from, its SQL (after value repair, if any), and
+    where to run it. ``case_insensitive`` runs it the way evaluation compares WikiSQL (text
+    compared without case)."""
+
+    messages: Any
+    sql: str
+    db_path: str | os.PathLike | None
+    question: str = ""
+    case_insensitive: bool = False
+
+
+@dataclass
+class Choice:
+    """The guide's answer for one :class:`Item`.
+
+    reason:     why the greedy query was retried ("error", "empty"), None when it was
+                usable (or could not be checked: no database).
+    sql:        the query to use (the item's own when nothing better was found).
+    changed:    whether ``sql`` is a sampled query rather than the item's.
+    samples:    replies sampled; ``usable``: how many of them ran and returned rows;
+    votes:      how many usable samples returned the chosen result.
+    candidates: the sampled queries (after repair), in sampling order.
+    """
+
+    reason: str | None
+    sql: str
+    changed: bool = False
+    samples: int = 0
+    usable: int = 0
+    votes: int = 0
+    candidates: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        return {"reason": self.reason, "changed": self.changed, "samples": self.samples,
+                "usable": self.usable, "votes": self.votes}
+
+
+def _run(sql: str, db_path, case_insensitive: bool, timeout_s: float):
+    if case_insensitive:
+        from .metrics import case_insensitive_sql
+
+        sql = case_insensitive_sql(sql)
+    return try_execute(db_path, sql, timeout_s=timeout_s, max_rows=50_000)
+
+
+def verdict(sql: str, db_path, *, case_insensitive: bool = False,
+            timeout_s: float = 5.0) -> tuple[str | None, tuple | None]:
+    """(reason, signature): why ``sql`` cannot be the answer on ``db_path`` ("error", "empty")
+    or None, and for a usable query a hashable signature of its result (rows as a
+    sorted multiset of case-folded cells) for voting."""
+    if not sql or not sql.strip():
+        return "error", None
+    outcome = _run(sql, db_path, case_insensitive, timeout_s)
+    if not outcome.ok:
+        return "error", None
+    rows = outcome.result.rows
+    if not rows:
+        return "empty", None
+    return None, _signature(rows)
+
+
+def _cell(v: Any) -> tuple:
+    if v is None:
+        return (0, "")
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return (1, round(float(v), 6))
+    if isinstance(v, bytes):
+        return (3, v.hex())
+    return (2, str(v).casefold().strip())
+
+
+def _signature(rows: Sequence[Sequence[Any]]) -> tuple:
+    return tuple(sorted(tuple(_cell(v) for v in row) for row in rows))
+
+
+class ExecutionGuide:
+    """Checks greedy queries on their databases and re-asks the model for the ones that fail.
+
+    gen:      a :class:`~mlx_text2sql.engine.SQLGenerator`.
+    samples:  replies sampled per failing query.
+    temp, top_p, seed, max_tokens, batch_size: the sampling settings.
+    repairer: optional :class:`~mlx_text2sql.repair.Repairer` applied to every sample.
+    """
+
+    def __init__(self, gen, *, samples: int = 8, temp: float = 0.7, top_p: float = 0.95,
+                 seed: int = 0, max_tokens: int = 160, batch_size: int = 16,
+                 timeout_s: float = 5.0, repairer=None):
+        if samples < 1:
+            raise ValueError("samples must be at least 1")
+        if temp <= 0:
+            raise ValueError("execution-guided decoding samples: temp must be above 0")
+        self.gen = gen
+        self.samples = samples
+        self.temp = temp
+        self.top_p = top_p
+        self.seed = seed
+        self.max_tokens = max_tokens
+        self.batch_size = batch_size
+        self.timeout_s = timeout_s
+        self.repairer = repairer
+        self.calls = 0
+
+    def refine(self, items: Sequence[Item], progress=None) -> list[Choice]:
+        """One :class:`Choice` per item, in order. Only items whose query fails are sampled."""
+        choices: list[Choice] = []
+        retry: list[int] = []
+        for i, it in enumerate(items):
+            if it.db_path is None or not os.path.isfile(it.db_path):
+                choices.append(Choice(reason=None, sql=it.sql))
+                continue
+            reason, _ = verdict(it.sql, it.db_path, case_insensitive=it.case_insensitive,
+                                timeout_s=self.timeout_s)
+            choices.append(Choice(reason=reason, sql=it.sql))
+            if reason is not None:
+                retry.append(i)
+        if not retry:
+            return choices
+        prompts = [items[i].messages for i in retry for _ in range(self.samples)]
+        # A different stream for every call, reproducible for the same inputs.
+        got = self.gen.generate(prompts, max_tokens=self.max_tokens, temp=self.temp, top_p=self.top_p,
+                                seed=self.seed + 7919 * self.calls, batch_size=self.batch_size,
+                                progress=progress)
+        self.calls += 1
+        for k, i in enumerate(retry):
+            it = items[i]
+            sqls = [o.sql for o in got[k * self.samples:(k + 1) * self.samples]]
+            if self.repairer is not None:
+                sqls = [self.repairer.fix(s, it.db_path, it.question)[0] for s in sqls]
+            groups: dict[tuple, list[int]] = {}
+            for j, s in enumerate(sqls):
+                reason, sig = verdict(s, it.db_path, case_insensitive=it.case_insensitive,
+                                      timeout_s=self.timeout_s)
+                if reason is None:
+                    groups.setdefault(sig, []).append(j)
+            c = choices[i]
+            c.samples, c.candidates = len(sqls), sqls
+            c.usable = sum(len(g) for g in groups.values())
+            if groups:
+                best = max(groups.values(), key=lambda g: (len(g), -g[0]))
+                c.votes = len(best)
+                c.sql = sqls[best[0]]
+                c.changed = c.sql != it.sql
+        return choices
