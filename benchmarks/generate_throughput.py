@@ -1,6 +1,6 @@
 """Throughput of our batched engine against a plain mlx_lm ``generate`` loop.
 
-    python benchmarks/generate_throughput.py [data/test.jsonl] [--limit 64] [--batch-size 16]
+    python benchmarks/generate_throughput.py [data/test.jsonl] [--limit 64] [--batch-size 32]
 
 Both run in this one process, on the same converted examples (the prompt each record's
 ``messages`` or ``question`` + ``schema`` give, exactly as ``generate`` and ``evaluate`` build
@@ -45,7 +45,7 @@ def parse_args(argv=None):
                         "ours and the baseline alike, as generate and evaluate do)")
     p.add_argument("--limit", type=int, default=64, help="examples to run (default 64)")
     p.add_argument("--max-tokens", type=int, default=96)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--draft-tokens", type=int, default=4,
                    help="prompt-lookup guesses verified per greedy step (0: off)")
     p.add_argument("--latency-runs", type=int, default=5, help="single-query repetitions (default 5)")

@@ -19,6 +19,11 @@ schema, and the SQL copies names and values from the prompt. So:
    ``draft_tokens`` tokens guessed by looking the reply's last tokens up in the prompt
    (:class:`_Lookup`), and keeps the guesses the model agrees with: several tokens per step
    for the price of one on a memory-bound CPU, with greedy decoding's exact output.
+5. **Decode attention reads each cached key once per key/value head** (:func:`decode_attention`):
+   at 16 rows x 450 cached columns attention is half a CPU decode step, and MLX's generic
+   ``scaled_dot_product_attention`` is ~1.4x slower there. Prefill blocks run the backbone over
+   all their columns and project only the last one onto the vocabulary; greedy steps take the
+   argmax of the logits without normalising them.
 
 Greedy decoding gives the tokens of unbatched greedy decoding (``batch_size=1``, or a plain
 ``mlx_lm.generate`` loop) up to float rounding between matrix-product shapes; tests check the
@@ -271,6 +276,91 @@ class _LayerCache:
     @property
     def state(self):
         return self.keys, self.values
+
+
+# --------------------------------------------------------------------------- decode attention
+
+DECODE_ATTENTION_MAX_QUERIES = 8  # queries per row up to which :func:`decode_attention` is used
+
+
+def decode_attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float, mask) -> mx.array:
+    """Scaled dot-product attention for a few queries per row (decode steps, draft blocks),
+    as two batched matrix products over the grouped-query layout.
+
+    queries (B, H, L, D); keys, values (B, Hkv, T, D) with H a multiple of Hkv; mask None,
+    "causal" (the queries are the last L of the T columns) or a boolean array broadcastable
+    to (B, 1, L, T). The query heads that share a key/value head are stacked into one matrix,
+    so each cached key and value is read once per step, not once per query head. On MLX's
+    CPU backend this is ~1.4x faster than ``mx.fast.scaled_dot_product_attention`` at 16 rows
+    x 450 cached columns (SmolLM2-135M: 9 query heads over 3 key/value heads), where attention
+    is half of a decode step. Same numbers up to float rounding (softmax in float32)."""
+    B, H, L, D = queries.shape
+    kvh, T = keys.shape[1], keys.shape[2]
+    rep = H // kvh
+    q = (queries * scale).reshape(B, kvh, rep * L, D)
+    s = (q @ keys.swapaxes(-1, -2)).reshape(B, kvh, rep, L, T)
+    if isinstance(mask, str):
+        allowed = mx.arange(T)[None, :] <= mx.arange(T - L, T)[:, None]
+        s = mx.where(allowed, s, -mx.inf)
+    elif mask is not None:
+        if mask.dtype == mx.bool_:
+            s = mx.where(mask.reshape(mask.shape[0], 1, 1, L, T), s, -mx.inf)
+        else:  # an additive mask
+            s = s + mask.reshape(mask.shape[0], 1, 1, L, T)
+    p = mx.softmax(s, axis=-1, precise=True).reshape(B, kvh, rep * L, T)
+    return (p @ values.astype(p.dtype)).astype(queries.dtype).reshape(B, H, L, D)
+
+
+def _install_decode_attention(model) -> bool:
+    """Route the attention of ``model``'s layers through :func:`decode_attention` when they
+    are called with this engine's caches and few queries. mlx_lm's attention layers call
+    their module's ``scaled_dot_product_attention``; that name is wrapped once per module, and
+    the wrapper hands every other call (other caches, quantized caches, attention sinks,
+    prefill blocks) to the original unchanged, so mlx_lm's own generation in the same process
+    is not affected. Returns whether the model's module could be wrapped."""
+    import sys
+
+    module = sys.modules.get(type(model).__module__)
+    original = getattr(module, "scaled_dot_product_attention", None)
+    if original is None or not callable(original):
+        return False
+    if getattr(original, "_mlx_text2sql_wrapped", False):
+        return True
+
+    def scaled_dot_product_attention(queries, keys, values, cache, scale, mask, sinks=None, **kw):
+        if (isinstance(cache, _LayerCache) and sinks is None and not kw
+                and queries.shape[2] <= DECODE_ATTENTION_MAX_QUERIES
+                and queries.shape[1] % keys.shape[1] == 0):
+            return decode_attention(queries, keys, values, scale, mask)
+        if sinks is not None:
+            kw["sinks"] = sinks
+        return original(queries, keys, values, cache=cache, scale=scale, mask=mask, **kw)
+
+    scaled_dot_product_attention._mlx_text2sql_wrapped = True
+    scaled_dot_product_attention.__wrapped__ = original
+    setattr(module, "scaled_dot_product_attention", scaled_dot_product_attention)
+    return True
+
+
+# Model classes whose ``__call__`` is exactly "backbone, then the (tied or separate) output
+# projection", so a prefill block can run the backbone over all its columns and project only
+# the last one.
+_PLAIN_HEAD_MODULES = {"mlx_lm.models.llama", "mlx_lm.models.qwen2", "mlx_lm.models.qwen3"}
+
+
+def _backbone_and_head(model):
+    """(backbone, head) of a model of :data:`_PLAIN_HEAD_MODULES`, else None."""
+    if type(model).__module__ not in _PLAIN_HEAD_MODULES:
+        return None
+    inner = getattr(model, "model", None)
+    args = getattr(model, "args", None)
+    if inner is None or args is None:
+        return None
+    if getattr(args, "tie_word_embeddings", False):
+        embed = getattr(inner, "embed_tokens", None)
+        return (inner, embed.as_linear) if embed is not None else None
+    head = getattr(model, "lm_head", None)
+    return (inner, head) if head is not None else None
 
 
 def _supports_batching(model) -> bool:
@@ -538,6 +628,8 @@ class SQLGenerator:
         self.draft_tokens = max(0, draft_tokens)
         self.draft_budget = max(1, draft_budget)
         self.batched = _supports_batching(self.model)
+        self.fast_attention = self.batched and _install_decode_attention(self.model)
+        self._split = _backbone_and_head(self.model)
         self.n_layers = len(self.model.layers)
         self.stats = Stats()
 
@@ -767,6 +859,14 @@ class SQLGenerator:
         W = max(len(b) for b in blocks)
         pad = np.array([W - len(b) for b in blocks])
         block = mx.array([[0] * (W - len(b)) + b for b in blocks])
+        if self._split is not None:
+            # One pass over the block; only the last column (every row's last prompt token,
+            # always real) goes through the output projection.
+            backbone, head = self._split
+            batch.begin(W, pad)
+            y = self._sample(head(backbone(block, cache=caches)[:, -1:, :]), sampler)
+            batch.end()
+            return _Active(batch, caches, list(rows), y)
         if W > 1:
             batch.begin(W - 1, pad)
             self.model(block[:, :-1], cache=caches)
@@ -880,8 +980,10 @@ class SQLGenerator:
             active.batch.begin(W, lengths=lengths)
             logits = self.model(block, cache=active.caches)  # (B, W, V)
             active.batch.end()
-            logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-            choice = greedy(logprobs).tolist()  # (B, W): the greedy token after each fed one
+            # (B, W): the greedy token after each fed one. The argmax of the logits is the
+            # argmax of the log-probabilities; skipping the normalisation saves B x W x vocab
+            # exponentials a step (MLX's CPU exp is scalar: ~10 ms for 16 rows of 49,152).
+            choice = mx.argmax(logits, axis=-1).tolist()
             self.stats.decode_steps += 1
             self.stats.decode_row_steps += active.size
 

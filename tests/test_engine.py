@@ -392,3 +392,59 @@ def test_lookup_drafts():
     lk.push(3)
     assert lk.draft(4) == [9, 2, 3]  # "2 3" last came before "9 2 3"
     assert _Lookup([]).draft(3) == [] and _Lookup([1, 1, 1]).draft(0) == []
+
+
+# --------------------------------------------------------------------------- decode attention
+
+@pytest.mark.parametrize("heads, kv_heads, L", [(9, 3, 1), (9, 3, 5), (4, 4, 1), (4, 2, 3)])
+@pytest.mark.parametrize("mask_kind", ["none", "causal", "bool", "additive"])
+def test_decode_attention_matches_mlx_fast_sdpa(heads, kv_heads, L, mask_kind):
+    from mlx_text2sql.engine import decode_attention
+
+    if mask_kind == "none" and L > 1:
+        pytest.skip("several queries always come with a mask")
+    rng = np.random.default_rng(heads * 100 + L)
+    B, T, D = 3, 17, 8
+    q = mx.array(rng.standard_normal((B, heads, L, D)).astype(np.float32))
+    k = mx.array(rng.standard_normal((B, kv_heads, T, D)).astype(np.float32))
+    v = mx.array(rng.standard_normal((B, kv_heads, T, D)).astype(np.float32))
+    allowed = rng.random((B, 1, L, T)) < 0.7
+    allowed[..., -1] = True  # every query sees at least itself
+    mask = {"none": None, "causal": "causal", "bool": mx.array(allowed),
+            "additive": mx.array(np.where(allowed, 0.0, -1e9).astype(np.float32))}[mask_kind]
+    ours = decode_attention(q, k, v, 0.125, mask)
+    ref = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.125, mask=mask)
+    assert ours.shape == ref.shape == (B, heads, L, D)
+    np.testing.assert_allclose(np.array(ours), np.array(ref), atol=1e-5)
+
+
+def test_attention_wrapper_takes_only_engine_calls(lm_random, monkeypatch):
+    import sys
+
+    from mlx_lm.models.cache import KVCache
+
+    import mlx_text2sql.engine as engine
+
+    SQLGenerator(lm_random)
+    module = sys.modules[type(lm_random.model).__module__]
+    wrapped = module.scaled_dot_product_attention
+    assert wrapped._mlx_text2sql_wrapped and wrapped.__wrapped__ is not wrapped
+    SQLGenerator(lm_random)  # wrapped once only
+    assert module.scaled_dot_product_attention is wrapped
+    seen = []
+    monkeypatch.setattr(engine, "decode_attention", lambda *a: seen.append("ours") or a[0])
+    q, kv = mx.zeros((1, 2, 1, 4)), mx.zeros((1, 2, 3, 4))
+    wrapped(q, kv, kv, cache=KVCache(), scale=1.0, mask=None)  # mlx_lm's own cache: the original
+    batch = engine._Batch(np.ones((1, 3), dtype=bool), np.array([3]))
+    wrapped(q, kv, kv, cache=engine._LayerCache(batch), scale=1.0, mask=None)
+    wrapped(mx.zeros((1, 2, 9, 4)), kv, kv, cache=engine._LayerCache(batch), scale=1.0, mask="causal")
+    assert seen == ["ours"]  # a 9-query prefill block went to the original too
+
+
+def test_prefill_blocks_project_only_the_last_column(lm_random):
+    from mlx_text2sql.engine import _backbone_and_head
+
+    backbone, head = _backbone_and_head(lm_random.model)
+    x = mx.array([[5, 9, 2, 7, 1]])
+    np.testing.assert_allclose(np.array(head(backbone(x))), np.array(lm_random.model(x)), atol=1e-5)
+    assert _backbone_and_head(object()) is None
