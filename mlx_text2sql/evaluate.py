@@ -381,6 +381,8 @@ def _main(args) -> int:
         problems.append("--exec-guided must be 0 (off) or a number of samples")
     if args.exec_guided and args.guided_temp <= 0:
         problems.append("--guided-temp must be above 0 (the alternatives are sampled)")
+    if args.exec_guided and not 0 < args.guided_top_p <= 1:
+        problems.append("--guided-top-p must be in (0, 1]")
     if args.exec_guided and args.gold:
         problems.append("--exec-guided needs a model: drop --gold")
     if args.gold and (args.compare_base or args.adapter_path):

@@ -190,6 +190,8 @@ def test_evaluate_exec_guided_flag_errors(tmp_path, capsys):
     assert "--exec-guided must be 0" in capsys.readouterr().err
     assert evaluate.main(["--data", str(data), "--exec-guided", "4", "--guided-temp", "0"]) == 2
     assert "--guided-temp must be above 0" in capsys.readouterr().err
+    assert evaluate.main(["--data", str(data), "--exec-guided", "4", "--guided-top-p", "0"]) == 2
+    assert "--guided-top-p must be in (0, 1]" in capsys.readouterr().err
 
 
 def test_generate_exec_guided(db, tiny_llama, tmp_path, capsys, monkeypatch):
