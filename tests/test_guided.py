@@ -222,3 +222,27 @@ def test_generate_exec_guided(db, tiny_llama, tmp_path, capsys, monkeypatch):
     assert generate.main(["--model", str(tiny_llama), "--schema", "CREATE TABLE t (a TEXT);", "-q", "x",
                           "--exec-guided", "2"]) == 2
     assert "--exec-guided needs --db" in capsys.readouterr().err
+
+
+def test_generate_interactive_exec_guided(db, tiny_llama, capsys, monkeypatch):
+    import io
+
+    from mlx_text2sql import generate
+    from mlx_text2sql.engine import Result, SQLGenerator
+
+    def replies(self, prompts, **kw):
+        sql = EMPTY if kw["temp"] == 0 else GOOD
+        return [Result(text=sql, sql=sql, n_prompt_tokens=1, n_tokens=9, seconds=0.1) for _ in prompts]
+
+    class TTY(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(SQLGenerator, "generate", replies)
+    monkeypatch.setattr(sys, "stdin", TTY())
+    answers = iter(["who hosted montreal?", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(answers))
+    assert generate.main(["--model", str(tiny_llama), "--db", str(db), "--exec-guided", "2", "--execute"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0] == GOOD and "Boston Bruins" in out
+    assert "execution-guided: the greedy query returned no rows" in err
