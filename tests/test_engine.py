@@ -109,9 +109,11 @@ def lm_random(tiny_llama):
     return load_model(str(tiny_llama))
 
 
+@pytest.mark.parametrize("host_math", [True, False])
 @pytest.mark.parametrize("batch_size", [1, 3, 16])
-def test_greedy_matches_unbatched_mlx_lm(lm_random, batch_size):
-    gen = SQLGenerator(lm_random)
+def test_greedy_matches_unbatched_mlx_lm(lm_random, batch_size, host_math):
+    gen = SQLGenerator(lm_random, host_math=host_math)
+    assert gen.uses_host_math() is host_math
     prompts = prompts_set()
     results = gen.generate(prompts, max_tokens=12, batch_size=batch_size)
     for p, r in zip(prompts, results):
@@ -448,3 +450,108 @@ def test_prefill_blocks_project_only_the_last_column(lm_random):
     x = mx.array([[5, 9, 2, 7, 1]])
     np.testing.assert_allclose(np.array(head(backbone(x))), np.array(lm_random.model(x)), atol=1e-5)
     assert _backbone_and_head(object()) is None
+
+
+# --------------------------------------------------------------------------- host math
+
+ATTENTION_SHAPES = [(9, 3, 1, 17), (9, 3, 5, 17), (4, 2, 17, 17), (4, 4, 30, 41), (2, 1, 3, 3)]
+
+
+@pytest.mark.parametrize("heads, kv_heads, L, T", ATTENTION_SHAPES)
+@pytest.mark.parametrize("mask_kind", ["none", "causal", "bool", "bool-2d", "additive", "additive-f16"])
+def test_host_attention_matches_mlx_fast_sdpa(heads, kv_heads, L, T, mask_kind):
+    from mlx_text2sql.engine import host_attention
+
+    if mask_kind == "none" and L > 1:
+        pytest.skip("several queries always come with a mask")
+    rng = np.random.default_rng(heads * 1000 + L * 10 + T)
+    B, D = 3, 8
+    q = mx.array(rng.standard_normal((B, heads, L, D)).astype(np.float32))
+    k = mx.array(rng.standard_normal((B, kv_heads, T, D)).astype(np.float32))
+    v = mx.array(rng.standard_normal((B, kv_heads, T, D)).astype(np.float32))
+    allowed = rng.random((B, 1, L, T)) < 0.6
+    allowed[..., -1] = True  # every query sees at least one column
+    additive = np.where(allowed, 0.0, -1e4)
+    mask = {"none": None, "causal": "causal", "bool": mx.array(allowed), "bool-2d": mx.array(allowed[0, 0]),
+            "additive": mx.array(additive.astype(np.float32)),
+            "additive-f16": mx.array(additive.astype(np.float16))}[mask_kind]
+    ours = host_attention(q, k, v, 0.3, mask)
+    ref = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.3, mask=mask)
+    assert ours.shape == ref.shape == (B, heads, L, D) and ours.dtype == mx.float32
+    np.testing.assert_allclose(np.array(ours), np.array(ref), atol=1e-5)
+
+
+def test_host_attention_keeps_a_half_precision_models_dtype():
+    from mlx_text2sql.engine import host_attention
+
+    rng = np.random.default_rng(3)
+    q, k, v = (mx.array(rng.standard_normal((2, 4, 3, 8)).astype(np.float16)) for _ in range(3))
+    ours = host_attention(q, k, v, 0.5, "causal")
+    ref = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.5, mask="causal")
+    assert ours.dtype == mx.float16
+    np.testing.assert_allclose(np.array(ours, dtype=np.float32), np.array(ref, dtype=np.float32), atol=2e-2)
+
+
+def test_host_swiglu_matches_mlx_lms_swiglu_without_warnings():
+    import warnings
+
+    from mlx_lm.models.activations import swiglu
+
+    from mlx_text2sql.engine import host_swiglu
+
+    rng = np.random.default_rng(0)
+    gate = rng.standard_normal((2, 5, 24)).astype(np.float32) * 4
+    gate[0, 0, :4] = [-200.0, -90.0, 90.0, 200.0]  # exp(-gate) overflows, or nearly
+    x = rng.standard_normal((2, 24, 5)).astype(np.float32)
+    g, xt = mx.array(gate), mx.array(x).swapaxes(1, 2)  # a strided (transposed) operand too
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours = host_swiglu(g, xt)
+    ref = swiglu(g, xt)
+    assert ours.shape == ref.shape and ours.dtype == mx.float32
+    np.testing.assert_allclose(np.array(ours), np.array(ref), rtol=1e-5, atol=1e-6)
+
+
+def test_host_math_runs_only_while_the_engine_generates(lm_random, monkeypatch):
+    import mlx_text2sql.engine as engine
+
+    calls = {"attention": 0, "swiglu": 0}
+    real_att, real_swiglu = engine.host_attention, engine.host_swiglu
+
+    def att(*a):
+        calls["attention"] += 1
+        return real_att(*a)
+
+    def swi(*a):
+        calls["swiglu"] += 1
+        return real_swiglu(*a)
+
+    monkeypatch.setattr(engine, "host_attention", att)
+    monkeypatch.setattr(engine, "host_swiglu", swi)
+    prompts = prompts_set()[:3]
+    gen = SQLGenerator(lm_random)
+    assert gen.uses_host_math()  # the default on the CPU backend
+    n_layers = len(lm_random.model.layers)
+    out = gen.generate(prompts, max_tokens=4, batch_size=2)
+    assert calls["attention"] >= n_layers and calls["swiglu"] == calls["attention"]
+    assert not engine._HOST_MATH.active
+
+    # mlx_lm's own generation in the same process, and a generator with it off, go untouched.
+    before = dict(calls)
+    reference_tokens(lm_random, gen.prompt_tokens(prompts[0]), 4)
+    off = SQLGenerator(lm_random, host_math=False).generate(prompts, max_tokens=4, batch_size=2)
+    assert calls == before
+    assert [r.tokens for r in off] == [r.tokens for r in out]
+
+    monkeypatch.setenv("MLX_TEXT2SQL_NO_HOST_MATH", "1")
+    assert not SQLGenerator(lm_random).uses_host_math()
+    assert SQLGenerator(lm_random, host_math=True).uses_host_math()
+    monkeypatch.delenv("MLX_TEXT2SQL_NO_HOST_MATH")
+
+    # An error while generating (here from a stream callback) switches it off again.
+    def boom(i, piece):
+        raise RuntimeError("callback failed")
+
+    with pytest.raises(RuntimeError, match="callback failed"):
+        SQLGenerator(lm_random).generate(prompts, max_tokens=4, stream_callback=boom)
+    assert not engine._HOST_MATH.active
