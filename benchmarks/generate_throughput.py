@@ -48,6 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--draft-tokens", type=int, default=4,
                    help="prompt-lookup guesses verified per greedy step (0: off)")
+    p.add_argument("--no-host-math", action="store_true",
+                   help="keep the engine's softmax and SwiGLU exponentials in MLX (default on the CPU: NumPy)")
     p.add_argument("--latency-runs", type=int, default=5, help="single-query repetitions (default 5)")
     p.add_argument("--skip-baseline", action="store_true", help="time our engine only")
     p.add_argument("--llamacpp-python", default=None, metavar="PYTHON",
@@ -86,11 +88,12 @@ def main(argv=None) -> int:
     lm = load(args)
     print(f"model {args.model} ({args.dtype}), {len(prompts)} prompts from {args.input}; {blas_status()}")
 
-    engine = SQLGenerator(lm, draft_tokens=args.draft_tokens)
+    engine = SQLGenerator(lm, draft_tokens=args.draft_tokens, host_math=False if args.no_host_math else None)
     ids = [engine.prompt_tokens(p) for p in prompts]
     n_tables = len({r.get("table") or r.get("db_id") or r.get("schema") for r in records})
     print(f"prompt tokens: mean {statistics.mean(map(len, ids)):.0f}, max {max(map(len, ids))}; "
-          f"{n_tables} distinct schemas")
+          f"{n_tables} distinct schemas; engine exponentials: "
+          f"{'NumPy (host math)' if engine.uses_host_math() else 'MLX'}")
 
     def cut(text: str) -> str:
         for s in engine.stop:
