@@ -249,6 +249,12 @@ def run_model(records, base_dir, args, *, adapter_path, label, writer):
               f"{len(todo)} to generate", file=sys.stderr)
     bar = tqdm(total=len(todo), desc=f"{label}: generating", unit="q", disable=args.quiet,
                file=sys.stderr)
+    # Replies sampled for failing queries (--exec-guided) get their own bar: the number is
+    # known only once a chunk's greedy queries have been run.
+    sample_bar = None
+    if guide is not None:
+        sample_bar = tqdm(total=0, desc=f"{label}: sampling for failed queries", unit="reply",
+                          disable=args.quiet, file=sys.stderr)
     chunk = max(64, 4 * args.batch_size)
     outs = []
     t0 = time.perf_counter()
@@ -257,7 +263,7 @@ def run_model(records, base_dir, args, *, adapter_path, label, writer):
         got = gen.generate([record_messages(records[i]) for i in part], max_tokens=args.max_tokens,
                            temp=args.temp, top_p=args.top_p, seed=args.seed,
                            batch_size=args.batch_size, progress=bar.update)
-        choices = _guide(guide, [records[i] for i in part], got, base_dir, repairer) if guide else None
+        choices = _guide(guide, [records[i] for i in part], got, base_dir, repairer, sample_bar) if guide else None
         scored = score_predictions([records[i] for i in part], [o.sql for o in got], base_dir,
                                    timeout_s=args.timeout, label=label, writer=writer,
                                    replies=[o.text for o in got], latencies=[o.seconds for o in got],
@@ -267,6 +273,8 @@ def run_model(records, base_dir, args, *, adapter_path, label, writer):
         outs += got
     wall = time.perf_counter() - t0
     bar.close()
+    if sample_bar is not None:
+        sample_bar.close()
     n_tokens = sum(o.n_tokens for o in outs)
     speed = None
     if outs:
@@ -283,7 +291,7 @@ def run_model(records, base_dir, args, *, adapter_path, label, writer):
     return results, speed
 
 
-def _guide(guide, records, got, base_dir, repairer):
+def _guide(guide, records, got, base_dir, repairer, bar=None):
     """The execution guide's choices for one chunk's greedy replies (value-repaired first when
     ``repairer`` is given, as scoring does). WikiSQL queries are checked the way they are
     scored: text compared without case."""
@@ -300,7 +308,14 @@ def _guide(guide, records, got, base_dir, repairer):
             sql = repairer.fix(sql, db, question)[0]
         items.append(Item(record_messages(rec), sql, str(db) if db is not None else None, question,
                           case_insensitive=str(rec.get("source") or "").lower().startswith("wikisql")))
-    return guide.refine(items)
+    if bar is None:
+        return guide.refine(items)
+
+    def announce(n: int) -> None:
+        bar.total += n
+        bar.refresh()
+
+    return guide.refine(items, progress=bar.update, announce=announce)
 
 
 def _report(label: str, summary: dict, speed: dict | None) -> str:

@@ -426,7 +426,19 @@ def _final_sqls(args, gen, prompts, results, dbs, questions, wheres, choices_out
                                      batch_size=args.batch_size, timeout_s=args.timeout, repairer=repairer)
     items = [Item(p, sql or "", str(db) if db is not None else None, q)
              for p, sql, db, q in zip(prompts, sqls, dbs, questions)]
-    choices = args._guide.refine(items)
+    bars = []
+
+    def announce(n: int) -> None:  # batch runs: a bar for the replies sampled for failed queries
+        if len(items) > 1 and not getattr(args, "quiet", False):
+            from tqdm import tqdm
+
+            bars.append(tqdm(total=n, desc="sampling for failed queries", unit="reply", file=sys.stderr))
+
+    try:
+        choices = args._guide.refine(items, progress=lambda k: [b.update(k) for b in bars], announce=announce)
+    finally:
+        for b in bars:
+            b.close()
     for c, w in zip(choices, wheres):
         if c.reason is None:
             continue

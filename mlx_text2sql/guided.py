@@ -140,8 +140,10 @@ class ExecutionGuide:
         self.repairer = repairer
         self.calls = 0
 
-    def refine(self, items: Sequence[Item], progress=None) -> list[Choice]:
-        """One :class:`Choice` per item, in order. Only items whose query fails are sampled."""
+    def refine(self, items: Sequence[Item], progress=None, announce=None) -> list[Choice]:
+        """One :class:`Choice` per item, in order. Only items whose query fails are sampled.
+        ``announce(n)`` is called with the number of replies about to be sampled (if any),
+        ``progress(k)`` as they finish (for a progress bar)."""
         choices: list[Choice] = []
         retry: list[int] = []
         for i, it in enumerate(items):
@@ -156,6 +158,8 @@ class ExecutionGuide:
         if not retry:
             return choices
         prompts = [items[i].messages for i in retry for _ in range(self.samples)]
+        if announce is not None:
+            announce(len(prompts))
         # A different stream for every call, reproducible for the same inputs.
         got = self.gen.generate(prompts, max_tokens=self.max_tokens, temp=self.temp, top_p=self.top_p,
                                 seed=self.seed + 7919 * self.calls, batch_size=self.batch_size,

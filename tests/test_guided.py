@@ -90,8 +90,11 @@ def test_refine_votes_by_result_and_leaves_usable_queries_alone(db):
         "c": [EMPTY, BROKEN, "", EMPTY, EMPTY],  # nothing usable: the greedy query stays
     })
     guide = ExecutionGuide(gen, samples=5, temp=0.8, seed=3)
+    announced = []
     choices = guide.refine([_item("ok", GOOD, db), _item("a", EMPTY, db), _item("b", BROKEN, db),
-                            _item("c", EMPTY, db), Item([{"role": "user", "content": "x"}], EMPTY, None)])
+                            _item("c", EMPTY, db), Item([{"role": "user", "content": "x"}], EMPTY, None)],
+                           progress=len, announce=announced.append)
+    assert announced == [15]
     ok, a, b, c, nodb = choices
     assert (ok.reason, ok.sql, ok.changed, ok.samples) == (None, GOOD, False, 0)
     assert (a.reason, a.sql, a.changed, a.samples, a.usable, a.votes) == ("empty", GOOD, True, 5, 3, 2)
@@ -102,7 +105,7 @@ def test_refine_votes_by_result_and_leaves_usable_queries_alone(db):
     assert len(gen.calls) == 1
     prompts, kw = gen.calls[0]
     assert [p[-1]["content"] for p in prompts] == ["a"] * 5 + ["b"] * 5 + ["c"] * 5
-    assert kw["temp"] == 0.8 and kw["seed"] == 3
+    assert kw["temp"] == 0.8 and kw["seed"] == 3 and kw["progress"] is len
     # nothing fails: no sampling at all
     assert guide.refine([_item("ok", GOOD, db)])[0].changed is False and len(gen.calls) == 1
     with pytest.raises(ValueError):
@@ -161,6 +164,8 @@ def test_evaluate_exec_guided_reports_both_accuracies(db, tiny_llama, tmp_path, 
             q = p[1]["content"].rsplit("Question: ", 1)[-1].strip()
             sql = greedy[q] if kw["temp"] == 0 else sampled[i % len(sampled)]
             out.append(Result(text=sql, sql=sql, n_prompt_tokens=1, n_tokens=9, seconds=0.1))
+        if kw.get("progress"):
+            kw["progress"](len(out))
         return out
 
     monkeypatch.setattr(SQLGenerator, "generate", replies)
@@ -181,6 +186,10 @@ def test_evaluate_exec_guided_reports_both_accuracies(db, tiny_llama, tmp_path, 
     assert rows[0]["match_greedy"] is False and rows[0]["match"] is True
     assert rows[0]["guided"] == {"reason": "empty", "changed": True, "samples": 4, "usable": 3, "votes": 2}
     assert "guided" not in rows[1] and rows[1]["match"] is True
+    # without --quiet the sampled replies have their own progress bar
+    assert evaluate.main(base[:-1] + ["--exec-guided", "4"]) == 0
+    err = capsys.readouterr().err
+    assert "sampling for failed queries" in err and "4/4" in err
 
 
 def test_evaluate_exec_guided_flag_errors(tmp_path, capsys):
@@ -218,6 +227,11 @@ def test_generate_exec_guided(db, tiny_llama, tmp_path, capsys, monkeypatch):
     rec = json.loads(capsys.readouterr().out)
     assert rec["prediction"] == GOOD and rec["prediction_raw"] == EMPTY
     assert rec["guided"] == {"reason": "empty", "changed": True, "samples": 2, "usable": 2, "votes": 2}
+    inp.write_text(inp.read_text() * 2)  # a batch of two, with progress bars
+    assert generate.main(["--model", str(tiny_llama), "--input", str(inp), "--exec-guided", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert [json.loads(x)["prediction"] for x in out.splitlines()] == [GOOD, GOOD]
+    assert "sampling for failed queries" in err
     # needs a database
     assert generate.main(["--model", str(tiny_llama), "--schema", "CREATE TABLE t (a TEXT);", "-q", "x",
                           "--exec-guided", "2"]) == 2
