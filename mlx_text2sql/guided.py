@@ -14,7 +14,7 @@ over execution results in place of beam search; it needs the database, never the
 
 It assumes the right answer has rows. That holds for WikiSQL-like lookups (4 of 843 held-out
 gold answers are empty; +3.1 points there) and not for Spider-like data, where questions about
-empty sets are common (11 of a 200-question dev sample; it lost 5 right answers and gained none
+empty sets are common (11 of a 200-question dev sample; it lost 5 right answers and gained 1
 with a WikiSQL adapter).
 
 Used by ``evaluate --exec-guided N`` (which reports the accuracy with and without it) and
