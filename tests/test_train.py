@@ -53,7 +53,12 @@ def test_loss_falls_on_a_toy_task(tiny_llama, toy_data, tmp_path):
     vals = [h["val_loss"] for h in r.history if h["type"] == "eval"]
     assert train_losses[-1] < train_losses[0] - 0.4, train_losses
     assert vals[-1] < vals[0] - 0.4, vals
-    assert r.state.best_step == 24 and (tmp_path / "ad" / "best" / "adapters.npz").is_file()
+    # the best checkpoint is the evaluation with the lowest validation loss (which of the last
+    # two that is depends on float rounding: a toy task at a high learning rate)
+    evals = [h for h in r.history if h["type"] == "eval"]
+    best = min(evals, key=lambda h: h["val_loss"])
+    assert r.state.best_step == best["step"] and r.state.best_value == pytest.approx(best["val_loss"])
+    assert (tmp_path / "ad" / "best" / "adapters.npz").is_file()
 
 
 def test_answer_only_head_equals_full_logits(tiny_llama, toy_data):
