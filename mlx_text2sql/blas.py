@@ -12,8 +12,11 @@ notice. If MLX was imported before :mod:`mlx_text2sql`, it is too late: a notice
 Opt out with ``MLX_TEXT2SQL_NO_BLAS=1``. OpenBLAS is looked for in Debian's
 ``libopenblas0-pthread`` (``apt-get install libopenblas0-pthread``, which brings libgfortran) and
 the ``cmeel-openblas`` wheel (a dependency on Linux, usable where the system has libgfortran5);
-the newest release that loads is used; ``MLX_TEXT2SQL_BLAS=/path/libopenblas.so`` names another
-library.
+the newest release that loads *and computes correctly on this processor* is used (each
+candidate runs a few ``sgemm`` calls in a child process once; a build whose kernels need
+instructions this CPU lacks dies there with SIGILL instead of taking the caller down; the
+verdict is cached in ``~/.cache/mlx_text2sql/blas-probe.json`` per library file and processor);
+``MLX_TEXT2SQL_BLAS=/path/libopenblas.so`` names another library.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def find_openblas() -> str | None:
     # loaded: a loaded OpenBLAS starts its thread pool, and two pools slow each other down).
     ordered = sorted(candidates(), key=_release, reverse=True)  # stable: ties keep Debian's first
     for lib in ordered:
-        if _loadable(lib):
+        if _loadable(lib) and works(lib):
             return lib
     return None
 
@@ -94,6 +97,76 @@ def openblas_version(lib: str) -> tuple[int, ...] | None:
     get_config.restype = ctypes.c_char_p
     m = re.search(rb"OpenBLAS (\d+(?:\.\d+)*)", get_config() or b"")
     return tuple(int(x) for x in m.group(1).split(b".")) if m else ()
+
+
+# Runs in a child process: products of the shapes decoding and training use, checked.
+_PROBE = r"""
+import ctypes, sys
+lib = ctypes.CDLL(sys.argv[1])
+for m, n, k in [(1, 64, 64), (24, 576, 576), (64, 64, 64), (300, 1536, 576)]:
+    a = (ctypes.c_float * (m * k))(*([1.0] * (m * k)))
+    b = (ctypes.c_float * (k * n))(*([0.5] * (k * n)))
+    c = (ctypes.c_float * (m * n))()
+    lib.cblas_sgemm(101, 111, 111, m, n, k, ctypes.c_float(1.0), a, k, b, n, ctypes.c_float(0.0), c, n)
+    if abs(c[0] - 0.5 * k) > 1e-3 or abs(c[m * n - 1] - 0.5 * k) > 1e-3:
+        sys.exit(3)
+"""
+
+
+def _cpu_key() -> str:
+    import hashlib
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            lines = [ln for ln in f if ln.startswith(("model name", "flags"))][:2]
+    except OSError:
+        lines = []
+    return hashlib.sha256((platform.machine() + "".join(lines)).encode()).hexdigest()[:16]
+
+
+def _cache_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mlx_text2sql" / "blas-probe.json"
+
+
+def works(lib: str) -> bool:
+    """Whether ``lib`` multiplies matrices correctly on this processor, tried in a child
+    process (a build for a newer CPU dies there with SIGILL, not here). Cached per library
+    file (path, size, mtime) and processor."""
+    import json
+    import subprocess
+
+    real = os.path.realpath(lib)
+    try:
+        st = os.stat(real)
+    except OSError:
+        return False
+    key = f"{real}|{st.st_size}|{int(st.st_mtime)}|{_cpu_key()}"
+    cache = _cache_file()
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known, dict) and isinstance(known.get(key), bool):
+        return known[key]
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    env["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        ok = subprocess.run([sys.executable, "-c", _PROBE, real], env=env, timeout=60,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+    try:
+        known = known if isinstance(known, dict) else {}
+        known[key] = ok
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=1))
+        os.replace(tmp, cache)
+    except OSError:
+        pass
+    return ok
 
 
 def _loadable(lib: str) -> bool:

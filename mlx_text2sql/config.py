@@ -59,7 +59,9 @@ DEFAULTS: dict[str, Any] = {
     "eval_every": 20,
     "val_batches": 8,              # batches of valid.jsonl per evaluation; -1: all
     "early_stop": None,            # stop after N evaluations without improvement
-    "best_metric": "val_loss",     # metric that picks adapters/best/
+    "best_metric": "val_loss",     # metric that picks adapters/best/: val_loss or exec_acc
+    "exec_acc_samples": 64,        # exec_acc: validation records generated (greedy) and executed
+    "exec_acc_max_tokens": 192,    # exec_acc: generation limit per record
     "adapter_path": "adapters",
     "save_every": 20,
     "keep_checkpoints": 3,         # newest checkpoints kept; 0: keep all
@@ -351,6 +353,8 @@ def validate(cfg: dict) -> dict:
     need_int("early_stop", 1, allow_none=True)
     if not isinstance(c.get("best_metric"), str) or not c["best_metric"]:
         p.append("best_metric must be a metric name such as val_loss")
+    need_int("exec_acc_samples", 1)
+    need_int("exec_acc_max_tokens", 16)
     if not isinstance(c.get("adapter_path"), str) or not c["adapter_path"]:
         p.append("adapter_path must be a folder path")
     need_int("save_every", 1)

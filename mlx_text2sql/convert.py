@@ -32,6 +32,8 @@ from typing import Any, Callable
 from .errors import ConfigError, InputError, ModelError, run_cli
 from .example import Example, Table
 from .hints import DEFAULT_MAX_HINTS, ValueIndex
+from .prompting.selection import (DEFAULT_MAX_TABLES, prune, recall, select_tables,
+                                  training_tables)
 from .prompts import (DEFAULT_SAMPLE_ROWS, build_messages, get_template, render_chat,
                       render_schema)
 from .sources import FORMATS, SourceOptions, get_source
@@ -126,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "not use, then sample rows; examples that still do not fit are dropped. "
                         f"Counted with --tokenizer/--model, else as characters / {CHARS_PER_TOKEN}")
     g.add_argument("--tokenizer", metavar="PATH", help="tokenizer (local folder) for --max-tokens")
+    g.add_argument("--select-tables", action="store_true",
+                   help="show each question only the tables it needs, chosen from the question and "
+                        "the database alone (schema selection, as generate --db does); training "
+                        "records also keep the tables their gold SQL uses")
+    g.add_argument("--max-tables", type=int, default=DEFAULT_MAX_TABLES, metavar="N",
+                   help=f"with --select-tables: at most N best-matching tables, plus the tables "
+                        f"joining them (default {DEFAULT_MAX_TABLES})")
     g = p.add_argument_group("splits")
     g.add_argument("--valid-fraction", type=float, default=0.1, metavar="F",
                    help="fraction of examples for valid (default 0.1)")
@@ -173,6 +182,8 @@ class Settings:
     max_hints: int = DEFAULT_MAX_HINTS
     max_tokens: int | None = None
     tokenizer: str | None = None
+    select_tables: bool = False
+    max_tables: int = DEFAULT_MAX_TABLES
     valid_fraction: float = 0.1
     test_fraction: float = 0.1
     valid_size: int | None = None
@@ -203,6 +214,8 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
         problems.append(f"--sample-rows must be 0 or more, got {ns.sample_rows}")
     if ns.max_tokens is not None and ns.max_tokens < 16:
         problems.append(f"--max-tokens must be at least 16, got {ns.max_tokens}")
+    if ns.max_tables < 1:
+        problems.append(f"--max-tables must be 1 or more, got {ns.max_tables}")
     if ns.tokenizer and ns.max_tokens is None:
         problems.append("--tokenizer is only used with --max-tokens")
     for name in ("valid_fraction", "test_fraction"):
@@ -243,7 +256,8 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
         hf_split=ns.hf_split, hf_config=ns.hf_config, tables=ns.tables, databases=ns.databases,
         limit=ns.limit, strict=ns.strict, record_format=record_format,
         chat_template=ns.chat_template, model=ns.model, sample_rows=ns.sample_rows,
-        value_hints=ns.value_hints, max_hints=ns.max_hints, max_tokens=ns.max_tokens, tokenizer=ns.tokenizer, valid_fraction=ns.valid_fraction,
+        value_hints=ns.value_hints, max_hints=ns.max_hints, max_tokens=ns.max_tokens, tokenizer=ns.tokenizer,
+        select_tables=ns.select_tables, max_tables=ns.max_tables, valid_fraction=ns.valid_fraction,
         test_fraction=ns.test_fraction, valid_size=ns.valid_size, test_size=ns.test_size,
         seed=ns.seed, keep_splits=ns.keep_splits, split_map=split_map,
         db_name=ns.db_name or "wikisql.sqlite", build_db=ns.build_db, check_gold=ns.check_gold,
@@ -345,11 +359,16 @@ def _without(tables: list[Table], drop: set[str]) -> list[Table]:
 
 
 def fit_schema(ex: Example, sample_rows: int, max_tokens: int | None,
-               count: Callable[[list[dict]], int], hints: str | None = None) -> tuple[Fitted, bool] | None:
+               count: Callable[[list[dict]], int], hints: str | None = None, *,
+               use_gold: bool = True, drop_order: list[str] | None = None) -> tuple[Fitted, bool] | None:
     """The schema to show for ``ex`` within ``max_tokens`` (prompt + SQL), and whether it was
-    trimmed. Trims the schema only, never the SQL or the question: first drops tables the gold
-    SQL does not mention (last ones first), then lowers the sample rows of every table down to
-    none. Returns None when even that does not fit."""
+    trimmed. Trims the schema only, never the SQL or the question: first drops tables (last
+    ones first, or in ``drop_order``), then lowers the sample rows of every table down to none.
+    Returns None when even that does not fit.
+
+    ``use_gold``: never drop a table the gold SQL uses. Only training records may do that;
+    evaluation records are trimmed from the question and the database alone, as at inference
+    (a prompt chosen with the answer in hand would score a model on a schema it never gets)."""
     def tokens(tables: list[Table], rows: int) -> tuple[int, str]:
         schema = render_schema(tables, rows)
         return count(build_messages(ex.question, schema, ex.sql, hints=hints)), schema
@@ -360,13 +379,15 @@ def fit_schema(ex: Example, sample_rows: int, max_tokens: int | None,
     n, schema = tokens(ex.tables, sample_rows)
     if n <= max_tokens:
         return Fitted(ex.tables, sample_rows, schema), False
-    used = tables_in_sql(ex.sql, ex.tables)
+    used = tables_in_sql(ex.sql, ex.tables) if use_gold else set()
     dropped: list[str] = []
     tables = ex.tables
-    for t in reversed(ex.tables):
-        if t.name in used:
+    order = drop_order if drop_order is not None else [t.name for t in reversed(ex.tables)]
+    # at least one table stays
+    for name in order[:-1] if not used else order:
+        if name in used or name in dropped:
             continue
-        dropped.append(t.name)
+        dropped.append(name)
         tables = _without(ex.tables, set(dropped))
         n, schema = tokens(tables, sample_rows)
         if n <= max_tokens:
@@ -559,6 +580,8 @@ class Summary:
     gold: GoldStats = field(default_factory=GoldStats)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # split -> [examples selected, examples whose gold tables all survived the selection]
+    selection: dict[str, list[int]] = field(default_factory=dict)
 
     def to_dict(self, s: Settings) -> dict:
         return {
@@ -575,13 +598,53 @@ class Summary:
                      "checked_on_data": self.gold.with_data,
                      "non_empty": self.gold.with_data_nonempty, "empty": self.gold.empty},
             "notes": self.notes,
-            "settings": {"sample_rows": s.sample_rows, "value_hints": s.value_hints,
+            "selection_recall": {k: {"examples": n, "gold_tables_kept": ok,
+                                     "recall": round(ok / n, 4) if n else None}
+                                 for k, (n, ok) in self.selection.items()},
+            "settings": {"select_tables": s.select_tables, "max_tables": s.max_tables,"sample_rows": s.sample_rows, "value_hints": s.value_hints,
                          "max_hints": s.max_hints, "max_tokens": s.max_tokens,
                          "record_format": s.record_format, "chat_template": s.chat_template,
                          "model": s.model, "seed": s.seed, "keep_splits": s.keep_splits,
                          "valid_fraction": s.valid_fraction, "test_fraction": s.test_fraction,
                          "valid_size": s.valid_size, "test_size": s.test_size, "limit": s.limit},
         }
+
+
+def _record(ex: Example, split: str, s: Settings, renderer: Renderer, hint_text, selected,
+            summary: Summary) -> dict | None:
+    """One example's record: schema selection, value hints, fitting (None: does not fit).
+
+    Only a training record's prompt may depend on its gold SQL (its tables are added to the
+    selection, and fitting keeps them); valid and test prompts come from the question and the
+    database alone, exactly as ``generate`` builds them."""
+    train = split == "train"
+    selection = None
+    if s.select_tables and len(ex.tables) > 1:
+        selection = selected(ex)
+        gold = tables_in_sql(ex.sql, ex.tables)
+        keep = training_tables(selection, ex.tables, gold) if train else selection.tables
+        summary.selection.setdefault(split, [0, 0])
+        summary.selection[split][0] += 1
+        summary.selection[split][1] += recall(selection.tables, gold)
+        ex = replace(ex, tables=prune(ex.tables, keep), meta={**ex.meta, "tables_shown": len(keep)})
+    drop_order = None
+    if selection is not None and selection.scores:
+        drop_order = sorted((t.name for t in ex.tables), key=lambda n: selection.scores.get(n, 0.0))
+    hints = hint_text(ex, ex.tables) if s.value_hints else None
+    fit = fit_schema(ex, s.sample_rows, s.max_tokens, renderer.count, hints,
+                     use_gold=train, drop_order=drop_order)
+    if fit is None:
+        summary.too_long.append(ex.id or "?")
+        return None
+    fitted, trimmed = fit
+    if s.value_hints and fitted.dropped_tables:
+        hints = hint_text(ex, fitted.tables)
+    rec = make_record(ex, fitted, renderer, s.out, hints)
+    if trimmed:
+        summary.trimmed += 1
+        rec["meta"]["trimmed"] = {"dropped_tables": fitted.dropped_tables,
+                                  "sample_rows": fitted.sample_rows}
+    return rec
 
 
 def convert(s: Settings) -> Summary:
@@ -608,13 +671,23 @@ def convert(s: Settings) -> Summary:
     summary = Summary(skipped=list(problems.items), notes=list(result.notes))
     indexes: dict[str, ValueIndex] = {}
 
-    def hint_text(ex: Example, tables: list[Table]) -> str:
-        """The example's value hints, read from its (staged) database; "" without one."""
+    def index(ex: Example) -> ValueIndex | None:
         if not ex.db_path:
-            return ""
+            return None
         if ex.db_path not in indexes:
             indexes[ex.db_path] = ValueIndex(result.staging.current(ex.db_path))
-        return indexes[ex.db_path].hint_text(ex.question, [t.name for t in tables], s.max_hints)
+        return indexes[ex.db_path]
+
+    def hint_text(ex: Example, tables: list[Table]) -> str:
+        """The example's value hints, read from its (staged) database; "" without one."""
+        vi = index(ex)
+        return vi.hint_text(ex.question, [t.name for t in tables], s.max_hints) if vi else ""
+
+    def selected(ex: Example):
+        """Schema selection for ``ex`` from its question and database (no gold query)."""
+        vi = index(ex)
+        cells = [h.table for h in vi.hints(ex.question, [t.name for t in ex.tables], s.max_hints)] if vi else []
+        return select_tables(ex.question, ex.tables, cells, max_tables=s.max_tables)
 
     try:
         split_examples = assign_splits(result, s, summary.notes)
@@ -632,20 +705,9 @@ def convert(s: Settings) -> Summary:
             recs = []
             for ex in split_examples[split]:
                 bar.update(1)
-                hints = hint_text(ex, ex.tables) if s.value_hints else None
-                fit = fit_schema(ex, s.sample_rows, s.max_tokens, count, hints)
-                if fit is None:
-                    summary.too_long.append(ex.id or "?")
-                    continue
-                fitted, trimmed = fit
-                if s.value_hints and fitted.dropped_tables:
-                    hints = hint_text(ex, fitted.tables)
-                rec = make_record(ex, fitted, renderer, s.out, hints)
-                if trimmed:
-                    summary.trimmed += 1
-                    rec["meta"]["trimmed"] = {"dropped_tables": fitted.dropped_tables,
-                                              "sample_rows": fitted.sample_rows}
-                recs.append(rec)
+                rec = _record(ex, split, s, renderer, hint_text, selected, summary)
+                if rec is not None:
+                    recs.append(rec)
             if split == "train":
                 random.Random(s.seed).shuffle(recs)
             records[split] = recs
@@ -703,6 +765,11 @@ def print_summary(s: Settings, summary: Summary, file=None) -> None:
     if s.max_tokens is not None:
         print(f"  trimmed {summary.trimmed} schemas to fit {s.max_tokens} tokens; dropped "
               f"{len(summary.too_long)} examples that did not fit even so", file=file)
+    for split, (n, ok) in summary.selection.items():
+        print(f"  schema selection ({split}): the gold SQL's tables all shown for {ok}/{n} "
+              f"({100.0 * ok / max(n, 1):.1f}%) multi-table questions"
+              + (" (the gold SQL's tables are added to training prompts)" if split == "train" else ""),
+              file=file)
     g = summary.gold
     if g.checked:
         line = f"  gold SQL: {g.checked} executed, {g.errors} failed"

@@ -26,6 +26,13 @@ Gold and predicted queries both run through :mod:`mlx_text2sql.sqlexec`; their r
   official evaluator does (``text_nocase=False`` makes case count).
 * **NULL** equals NULL and nothing else. **Blobs** compare byte for byte.
 
+**Spider records** (``source`` starting with ``"spider"``) are scored as Spider's official
+execution evaluation scores them (``exact_values=True``): rows as multisets, order only when
+the gold SQL has a top-level ORDER BY, columns in any order, and every value compared exactly:
+no tolerance, no case folding or stripping, and text never equals a number (``'21' != 21``;
+an int equals a float of the same value, as Python compares them). The lenient rules above are
+WikiSQL's.
+
 For WikiSQL records (``source`` starting with ``"wikisql"``) both queries also run with
 case-insensitive string comparisons by default (:func:`case_insensitive_sql`: ``col = 'x'``
 becomes ``col COLLATE CASEFOLD = 'x'``, a Unicode-aware collation every executor connection
@@ -118,15 +125,17 @@ _GREEDY_MAX_ROWS = 500  # quadratic fallback pairing: bounded cost
 _NULL, _NUM, _TEXT, _BLOB = 0, 1, 2, 3
 
 
-def _cell(v: Any, nocase: bool) -> tuple:
+def _cell(v: Any, nocase: bool, exact: bool = False) -> tuple:
     """A comparable form: (type rank, value). Ints stay ints (compared exactly with each
-    other), floats stay floats; numeric text becomes the int or float it spells."""
+    other), floats stay floats; numeric text becomes the int or float it spells (unless ``exact``: text stays text, as is)."""
     if v is None:
         return (_NULL, 0)
     if isinstance(v, (int, float)):  # bool is an int
         return (_NUM, v)
     if isinstance(v, (bytes, bytearray, memoryview)):
         return (_BLOB, bytes(v))
+    if exact:
+        return (_TEXT, str(v))
     s = str(v).strip()
     if _NUMBER.fullmatch(s):
         if _INTEGER.fullmatch(s):
@@ -199,7 +208,9 @@ def _multiset_eq(gold: list[tuple], pred: list[tuple]) -> bool:
     return True
 
 
-def _same(gold: list[tuple], pred: list[tuple], ordered: bool) -> bool:
+def _same(gold: list[tuple], pred: list[tuple], ordered: bool, exact: bool = False) -> bool:
+    if exact:  # Python equality of the cells: 1 == 1.0, no tolerance
+        return gold == pred if ordered else Counter(gold) == Counter(pred)
     if ordered:
         return len(gold) == len(pred) and all(_rows_eq(x, y) for x, y in zip(gold, pred))
     return _multiset_eq(gold, pred)
@@ -233,9 +244,10 @@ def _column_permutations(gold: list[tuple], pred: list[tuple], width: int) -> It
 
 
 def results_match(gold_rows: Sequence[Sequence[Any]], pred_rows: Sequence[Sequence[Any]], *,
-                  ordered: bool = False, text_nocase: bool = True) -> bool:
+                  ordered: bool = False, text_nocase: bool = True, exact_values: bool = False) -> bool:
     """Whether predicted rows answer the same as gold rows under the module's documented
-    rules. ``ordered``: compare row order too (use :func:`order_matters` on the gold SQL)."""
+    rules. ``ordered``: compare row order too (use :func:`order_matters` on the gold SQL);
+    ``exact_values``: Spider's rules (values compared exactly, text never equals a number)."""
     if not gold_rows and not pred_rows:
         return True
     if not gold_rows or not pred_rows or len(gold_rows) != len(pred_rows):
@@ -243,9 +255,10 @@ def results_match(gold_rows: Sequence[Sequence[Any]], pred_rows: Sequence[Sequen
     width = len(gold_rows[0])
     if any(len(r) != width for r in gold_rows) or any(len(r) != width for r in pred_rows):
         return False
-    gold = [tuple(_cell(v, text_nocase) for v in r) for r in gold_rows]
-    pred = [tuple(_cell(v, text_nocase) for v in r) for r in pred_rows]
-    if _same(gold, pred, ordered):
+    nocase = text_nocase and not exact_values
+    gold = [tuple(_cell(v, nocase, exact_values) for v in r) for r in gold_rows]
+    pred = [tuple(_cell(v, nocase, exact_values) for v in r) for r in pred_rows]
+    if _same(gold, pred, ordered, exact_values):
         return True
     if width < 2:
         return False
@@ -253,7 +266,7 @@ def results_match(gold_rows: Sequence[Sequence[Any]], pred_rows: Sequence[Sequen
     for perm in _column_permutations(gold, pred, width):
         if perm == identity:
             continue
-        if _same(gold, [tuple(r[j] for j in perm) for r in pred], ordered):
+        if _same(gold, [tuple(r[j] for j in perm) for r in pred], ordered, exact_values):
             return True
     return False
 
@@ -700,14 +713,16 @@ def _hardness(record: dict) -> str | None:
 def evaluate_prediction(record: dict, pred_sql: str, *, base_dir: str | Path | None = None,
                         timeout_s: float = 5.0, max_rows: int = 50_000,
                         case_insensitive: bool | None = None, text_nocase: bool = True,
-                        preview_rows: int = 5) -> dict:
+                        exact_values: bool | None = None, preview_rows: int = 5) -> dict:
     """Score one prediction against one JSONL record (``question, schema, sql, source, id,
     db_path, ...``).
 
     ``db_path`` is resolved against ``base_dir`` (the JSONL file's folder). Without a database
     file, the query is checked against an empty database built from the record's ``schema``
     (``valid_sql``), and ``match`` is None: there are no rows to compare. ``case_insensitive``
-    (default: on for WikiSQL records) runs both queries through :func:`case_insensitive_sql`.
+    (default: on for WikiSQL records) runs both queries through :func:`case_insensitive_sql`;
+    ``exact_values`` (default: on for Spider records) compares values as Spider's official
+    execution evaluation does (see the module docstring).
 
     Returns a JSON-ready dict: ``id, source, db_id, hardness, gold_sql, pred_sql, match``
     (bool, or None when the gold cannot run), ``exact_match, valid_sql, ordered, pred_error,
@@ -718,6 +733,8 @@ def evaluate_prediction(record: dict, pred_sql: str, *, base_dir: str | Path | N
     source = record.get("source") or "unknown"
     if case_insensitive is None:
         case_insensitive = str(source).lower().startswith("wikisql")
+    if exact_values is None:
+        exact_values = str(source).lower().startswith("spider")
     db_path = _resolve_db(record, base_dir)
     schema = record.get("schema") if isinstance(record.get("schema"), str) else None
     run_gold = case_insensitive_sql(gold_sql) if case_insensitive else gold_sql
@@ -762,7 +779,8 @@ def evaluate_prediction(record: dict, pred_sql: str, *, base_dir: str | Path | N
         return out
     out["gold_rows"] = gold.result.preview(preview_rows)
     out["match"] = pred.ok and results_match(gold.result.rows, pred.result.rows,
-                                             ordered=out["ordered"], text_nocase=text_nocase)
+                                             ordered=out["ordered"], text_nocase=text_nocase,
+                                             exact_values=exact_values)
     return out
 
 

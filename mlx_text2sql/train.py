@@ -95,7 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-batches", type=int, help=f"validation batches per evaluation, -1 = all (default {D['val_batches']})")
     g.add_argument("--early-stop", type=int, metavar="PATIENCE",
                    help="stop after PATIENCE evaluations without a better validation metric")
-    g.add_argument("--best-metric", help="metric that selects adapters/best (default val_loss)")
+    g.add_argument("--best-metric", help="metric that selects adapters/best: val_loss (default) or exec_acc "
+                   "(greedy execution accuracy on a fixed sample of valid.jsonl)")
+    g.add_argument("--exec-acc-samples", type=int, metavar="N",
+                   help=f"exec_acc: validation records it generates SQL for and executes (default {D['exec_acc_samples']})")
+    g.add_argument("--exec-acc-max-tokens", type=int, metavar="N",
+                   help=f"exec_acc: generation limit per record (default {D['exec_acc_max_tokens']})")
     g.add_argument("--adapter-path", "-o", help="output folder (default adapters/)")
     g.add_argument("--save-every", type=int, help=f"save adapter + checkpoint every N steps (default {D['save_every']})")
     g.add_argument("--keep-checkpoints", type=int, help=f"newest checkpoints kept, 0 = all (default {D['keep_checkpoints']})")
@@ -295,6 +300,9 @@ def _main(argv: list[str] | None) -> int:
                                world=world, streams=cfg["cpu_streams"]))
     ctx = TrainContext(loaded=lm, config=cfg, data_dir=data_dir, encoder=encoder)
     if cfg["best_metric"] != "val_loss":
+        from .tuner import exec_acc
+
+        exec_acc.register()
         if cfg["best_metric"] not in METRIC_FACTORIES:
             raise ConfigError(f"best_metric {cfg['best_metric']!r} is not available; known: "
                               f"{', '.join(['val_loss', *METRIC_FACTORIES])}")
