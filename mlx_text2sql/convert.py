@@ -53,6 +53,9 @@ DEFAULT_SPLIT_MAP = {"train": "train", "train_spider": "train", "train_others": 
                      "dev": "valid", "valid": "valid", "validation": "valid", "test": "test"}
 
 GOLD_TIME_LIMIT_S = 5.0
+# --max-tokens for valid/test records: the prompt alone plus this much room for the answer (the
+# gold SQL's own length must not shape an evaluation prompt)
+ANSWER_RESERVE = 96
 REPORT_NAME = "convert_report.json"
 
 EXAMPLES = """\
@@ -368,9 +371,12 @@ def fit_schema(ex: Example, sample_rows: int, max_tokens: int | None,
 
     ``use_gold``: never drop a table the gold SQL uses. Only training records may do that;
     evaluation records are trimmed from the question and the database alone, as at inference
-    (a prompt chosen with the answer in hand would score a model on a schema it never gets)."""
+    (a prompt chosen with the answer in hand would score a model on a schema it never gets):
+    their budget is the prompt plus ``ANSWER_RESERVE`` tokens, whatever the gold SQL's length."""
     def tokens(tables: list[Table], rows: int) -> tuple[int, str]:
         schema = render_schema(tables, rows)
+        if not use_gold:
+            return count(build_messages(ex.question, schema, None, hints=hints)) + ANSWER_RESERVE, schema
         return count(build_messages(ex.question, schema, ex.sql, hints=hints)), schema
 
     schema = render_schema(ex.tables, sample_rows)

@@ -17,8 +17,16 @@ gold answers are empty; +3.1 points there) and not for Spider-like data, where q
 empty sets are common (11 of a 200-question dev sample; it lost 5 right answers and gained 1
 with a WikiSQL adapter).
 
-Used by ``evaluate --exec-guided N`` (which reports the accuracy with and without it) and
-``generate --db ... --exec-guided N``.
+**Voting on every question** (``mode="vote"``, ``evaluate --vote N``): self-consistency
+(Wang et al., 2023) over execution results for every question, not only failing ones, for data
+where the empty set is a common right answer (Spider). The greedy query and ``n`` sampled
+replies each run on the database; a query that raises an error has no vote; an empty result is
+an answer like any other and votes with the other empty results; the largest group wins. Ties
+go to the group holding the greedy query, then to a group with rows, then to the group sampled
+first; the greedy query stays when nothing runs.
+
+Used by ``evaluate --exec-guided N`` / ``--vote N`` (which report the accuracy with and without
+it) and ``generate --db ... --exec-guided N``.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from typing import Any, Sequence
 from .sqlexec import try_execute
 
 REASONS = ("error", "empty")
+MODES = ("failed", "vote")
+EMPTY = ("empty",)  # the signature every empty result shares when voting
 
 # A result of only NULLs (an aggregate over no rows, empty cells) is NOT treated as a failure:
 # on WikiSQL validation questions most such greedy queries were right (the gold query returns
@@ -57,8 +67,9 @@ class Choice:
                 usable (or could not be checked: no database).
     sql:        the query to use (the item's own when nothing better was found).
     changed:    whether ``sql`` is a sampled query rather than the item's.
-    samples:    replies sampled; ``usable``: how many of them ran and returned rows;
-    votes:      how many usable samples returned the chosen result.
+    samples:    replies sampled; ``usable``: how many of them ran and returned rows (when
+                voting: how many candidates ran, the greedy query included);
+    votes:      how many usable candidates returned the chosen result.
     candidates: the sampled queries (after repair), in sampling order.
     """
 
@@ -114,21 +125,25 @@ def _signature(rows: Sequence[Sequence[Any]]) -> tuple:
 
 
 class ExecutionGuide:
-    """Checks greedy queries on their databases and re-asks the model for the ones that fail.
+    """Checks greedy queries on their databases and re-asks the model (see the module docstring).
 
     gen:      a :class:`~mlx_text2sql.engine.SQLGenerator`.
-    samples:  replies sampled per failing query.
+    samples:  replies sampled per query re-asked.
+    mode:     "failed" (re-ask only for queries that fail: error or no rows) or "vote"
+              (re-ask for every question and vote, empty results included).
     temp, top_p, seed, max_tokens, batch_size: the sampling settings.
     repairer: optional :class:`~mlx_text2sql.repair.Repairer` applied to every sample.
     """
 
     def __init__(self, gen, *, samples: int = 8, temp: float = 0.7, top_p: float = 0.95,
                  seed: int = 0, max_tokens: int = 160, batch_size: int = 16,
-                 timeout_s: float = 5.0, repairer=None):
+                 timeout_s: float = 5.0, repairer=None, mode: str = "failed"):
         if samples < 1:
             raise ValueError("samples must be at least 1")
         if temp <= 0:
             raise ValueError("execution-guided decoding samples: temp must be above 0")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.gen = gen
         self.samples = samples
         self.temp = temp
@@ -138,12 +153,12 @@ class ExecutionGuide:
         self.batch_size = batch_size
         self.timeout_s = timeout_s
         self.repairer = repairer
+        self.mode = mode
         self.calls = 0
 
     def refine(self, items: Sequence[Item], progress=None, announce=None) -> list[Choice]:
-        """One :class:`Choice` per item, in order. Only items whose query fails are sampled.
-        ``announce(n)`` is called with the number of replies about to be sampled (if any),
-        ``progress(k)`` as they finish (for a progress bar)."""
+        """One :class:`Choice` per item, in order. ``announce(n)`` is called with the number of
+        replies about to be sampled (if any), ``progress(k)`` as they finish (for a bar)."""
         choices: list[Choice] = []
         retry: list[int] = []
         for i, it in enumerate(items):
@@ -153,7 +168,7 @@ class ExecutionGuide:
             reason, _ = verdict(it.sql, it.db_path, case_insensitive=it.case_insensitive,
                                 timeout_s=self.timeout_s)
             choices.append(Choice(reason=reason, sql=it.sql))
-            if reason is not None:
+            if reason is not None or self.mode == "vote":
                 retry.append(i)
         if not retry:
             return choices
@@ -170,18 +185,47 @@ class ExecutionGuide:
             sqls = [o.sql for o in got[k * self.samples:(k + 1) * self.samples]]
             if self.repairer is not None:
                 sqls = [self.repairer.fix(s, it.db_path, it.question)[0] for s in sqls]
-            groups: dict[tuple, list[int]] = {}
-            for j, s in enumerate(sqls):
-                reason, sig = verdict(s, it.db_path, case_insensitive=it.case_insensitive,
-                                      timeout_s=self.timeout_s)
-                if reason is None:
-                    groups.setdefault(sig, []).append(j)
             c = choices[i]
             c.samples, c.candidates = len(sqls), sqls
-            c.usable = sum(len(g) for g in groups.values())
-            if groups:
-                best = max(groups.values(), key=lambda g: (len(g), -g[0]))
-                c.votes = len(best)
-                c.sql = sqls[best[0]]
-                c.changed = c.sql != it.sql
+            if self.mode == "vote":
+                self._vote(it, c, sqls)
+            else:
+                self._replace_failed(it, c, sqls)
         return choices
+
+    def _signature_of(self, it: Item, sql: str, empty_votes: bool) -> tuple | None:
+        """The result signature ``sql`` votes with; None when it has no vote."""
+        reason, sig = verdict(sql, it.db_path, case_insensitive=it.case_insensitive,
+                              timeout_s=self.timeout_s)
+        if reason is None:
+            return sig
+        return EMPTY if reason == "empty" and empty_votes else None
+
+    def _replace_failed(self, it: Item, c: Choice, sqls: list[str]) -> None:
+        groups: dict[tuple, list[int]] = {}
+        for j, s in enumerate(sqls):
+            sig = self._signature_of(it, s, empty_votes=False)
+            if sig is not None:
+                groups.setdefault(sig, []).append(j)
+        c.usable = sum(len(g) for g in groups.values())
+        if groups:
+            best = max(groups.values(), key=lambda g: (len(g), -g[0]))
+            c.votes = len(best)
+            c.sql = sqls[best[0]]
+            c.changed = c.sql != it.sql
+
+    def _vote(self, it: Item, c: Choice, sqls: list[str]) -> None:
+        candidates = [it.sql] + sqls  # index 0: the greedy query
+        groups: dict[tuple, list[int]] = {}
+        for j, s in enumerate(candidates):
+            sig = self._signature_of(it, s, empty_votes=True)
+            if sig is not None:
+                groups.setdefault(sig, []).append(j)
+        c.usable = sum(len(g) for g in groups.values())
+        if not groups:
+            return
+        sig, best = max(groups.items(), key=lambda kv: (len(kv[1]), kv[1][0] == 0, kv[0] != EMPTY,
+                                                         -kv[1][0]))
+        c.votes = len(best)
+        c.sql = candidates[best[0]]
+        c.changed = c.sql != it.sql

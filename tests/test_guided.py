@@ -260,3 +260,48 @@ def test_generate_interactive_exec_guided(db, tiny_llama, capsys, monkeypatch):
     out, err = capsys.readouterr()
     assert out.splitlines()[0] == GOOD and "Boston Bruins" in out
     assert "execution-guided: the greedy query returned no rows" in err
+
+
+def test_vote_mode_asks_for_every_question_and_counts_empty_results(db):
+    """Voting: the greedy query and the samples each vote with their result; an empty result
+    is an answer (it votes with the other empty ones); errors have no vote."""
+    gen = FakeGen({
+        # right answer is the empty set: greedy EMPTY + 2 empty samples beat 1 GOOD
+        "empty": [EMPTY, GOOD, BROKEN, EMPTY.replace("SELECT", "SELECT DISTINCT")],
+        # a usable greedy query is outvoted by 2 samples that agree
+        "outvoted": [OTHER, BROKEN, OTHER, EMPTY],
+        # tie between the greedy query's group and another: the greedy query's group wins
+        "tie": [OTHER, BROKEN, BROKEN, BROKEN],
+        # greedy errors; a tie between an empty group and a group with rows: rows win
+        "rows-over-empty": [EMPTY, GOOD, BROKEN, BROKEN],
+        # nothing runs: the greedy query stays
+        "none": [BROKEN, "", BROKEN, BROKEN],
+    })
+    guide = ExecutionGuide(gen, samples=4, temp=0.7, mode="vote")
+    announced = []
+    empty, outvoted, tie, rows_over_empty, none = guide.refine(
+        [_item("empty", EMPTY, db), _item("outvoted", GOOD, db), _item("tie", GOOD, db),
+         _item("rows-over-empty", BROKEN, db), _item("none", BROKEN, db)], announce=announced.append)
+    assert announced == [20]  # every question is sampled, usable greedy queries too
+    assert (empty.reason, empty.sql, empty.changed, empty.usable, empty.votes) == ("empty", EMPTY, False, 4, 3)
+    assert (outvoted.reason, outvoted.sql, outvoted.changed, outvoted.votes) == (None, OTHER, True, 2)
+    assert (tie.sql, tie.changed, tie.votes, tie.usable) == (GOOD, False, 1, 2)
+    assert (rows_over_empty.reason, rows_over_empty.sql, rows_over_empty.changed) == ("error", GOOD, True)
+    assert (none.sql, none.changed, none.usable, none.votes) == (BROKEN, False, 0, 0)
+    assert [p[-1]["content"] for p in gen.calls[0][0]] == (
+        ["empty"] * 4 + ["outvoted"] * 4 + ["tie"] * 4 + ["rows-over-empty"] * 4 + ["none"] * 4)
+
+
+def test_failed_mode_keeps_losing_right_empty_answers_that_vote_mode_keeps(db):
+    """The reason vote mode exists: when the right answer is empty, "failed" mode replaces
+    the greedy query by any sample with rows; voting keeps it when the samples agree."""
+    replies = {"q": [GOOD, EMPTY, EMPTY]}
+    failed = ExecutionGuide(FakeGen(replies), samples=3).refine([_item("q", EMPTY, db)])[0]
+    voted = ExecutionGuide(FakeGen(replies), samples=3, mode="vote").refine([_item("q", EMPTY, db)])[0]
+    assert failed.sql == GOOD and failed.changed
+    assert voted.sql == EMPTY and not voted.changed and voted.votes == 3
+
+
+def test_unknown_mode_is_refused():
+    with pytest.raises(ValueError, match="mode"):
+        ExecutionGuide(FakeGen({}), mode="sometimes")

@@ -64,13 +64,19 @@ def words(text: str) -> list[str]:
 
 
 def stem(word: str) -> str:
-    """A light plural/verb-form stem, enough to match "singers" with "singer" and "cities"
-    with "city" (schema names and questions inflect the same few ways)."""
-    for suffix, repl in (("ies", "y"), ("sses", "ss"), ("es", ""), ("s", ""), ("ing", ""), ("ed", "")):
-        if len(word) > len(suffix) + 2 and word.endswith(suffix):
-            if suffix == "es" and not word[:-2].endswith(("s", "x", "z", "ch", "sh")):
-                return word[:-1]
-            return word[: -len(suffix)] + repl
+    """A matching key that is the same for a word's singular and plural and a few verb forms:
+    "singers"/"singer", "cities"/"city", "classes"/"class", "courses"/"course". Keys are only
+    compared with each other (schema names and questions inflect the same few ways)."""
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    for suffix in ("ing", "ed"):
+        if len(word) > len(suffix) + 3 and word.endswith(suffix):
+            word = word[: -len(suffix)]
+            break
+    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+        word = word[:-1]
+    if len(word) > 3 and word.endswith("e"):
+        word = word[:-1]
     return word
 
 

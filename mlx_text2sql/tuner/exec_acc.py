@@ -37,6 +37,9 @@ class ExecAccuracy:
 
     name = "exec_acc"
     higher_is_better = True
+    # not at step 0: an untrained chat model answers in prose up to the token limit (slow, and
+    # nothing to choose between)
+    initial = False
 
     def __init__(self, loaded: Any, records: list[dict], base_dir: str | Path, *,
                  max_tokens: int = DEFAULT_MAX_TOKENS, batch_size: int = BATCH_SIZE,

@@ -266,6 +266,7 @@ class Metric(Protocol):
 
     name: str
     higher_is_better: bool
+    # optional: ``initial = False`` skips the metric at step 0 of a fresh run
 
     def __call__(self, model) -> float: ...
 
@@ -658,11 +659,13 @@ def train(model, optimizer, train_set: TokenizedSet, args: TrainArgs, *, loss=No
         return [collate([train_set.samples[i] for i in idx[k::len(streams)]], args.train_on_prompt, args.pad_to)
                 for k in range(len(streams))]
 
-    def run_metrics() -> dict:
+    def run_metrics(initial: bool = False) -> dict:
         model.eval()
         out = {}
         with blas_threads(saved_blas_threads):
             for m in metrics:
+                if initial and not getattr(m, "initial", True):
+                    continue  # e.g. exec_acc: the untrained model's replies say nothing
                 tic = time.perf_counter()
                 out[m.name] = m(model)
                 out[f"{m.name}_seconds"] = round(time.perf_counter() - tic, 3)
@@ -705,7 +708,7 @@ def train(model, optimizer, train_set: TokenizedSet, args: TrainArgs, *, loss=No
                           "streams": n_streams, "shared_prefix": groups is not None,
                           "answer_only_head": bool(getattr(loss, "answer_only_head", False))})
         if fresh and metrics:
-            values = run_metrics()
+            values = run_metrics(initial=True)
             info = {"type": "eval", "step": 0, **values}
             history.append(info)
             emit("on_eval", info)
