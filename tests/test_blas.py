@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import subprocess
 import sys
@@ -73,7 +74,8 @@ def test_the_newest_loadable_release_is_chosen():
     lib = blas.find_openblas()
     if lib is None:
         pytest.skip("no OpenBLAS on this machine")
-    assert blas._release(lib) == max(blas._release(c) for c in blas.candidates() if blas._loadable(c))
+    assert blas._release(lib) == max(blas._release(c) for c in blas.candidates()
+                                     if blas._loadable(c) and blas.works(c))
     assert blas.openblas_version(lib)  # the library itself reports a release
 
 
@@ -128,3 +130,49 @@ def test_benchmark_worker_measures():
     spec.loader.exec_module(bench)
     res = bench.worker("numpy", [32], repeats=1)
     assert set(res) == {32} and res[32] > 0
+
+
+def _libm() -> str | None:
+    """A real shared library that is not a BLAS."""
+    import glob
+
+    found = sorted(glob.glob("/lib*/*-linux-gnu/libm.so.6") + glob.glob("/usr/lib*/*-linux-gnu/libm.so.6")
+                   + glob.glob("/lib64/libm.so.6"))
+    return found[0] if found else None
+
+
+@linux_only
+def test_a_library_that_kills_its_process_is_not_chosen(monkeypatch, tmp_path):
+    """A build whose kernels need instructions this CPU lacks dies with SIGILL on its first
+    product: that happens in the probe's child process, the verdict is cached, and the caller
+    lives on."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    libm = _libm()
+    if libm is None:
+        pytest.skip("no libm to stand in for a library")
+    lib = str(tmp_path / "libopenblas.so")
+    os.symlink(libm, lib)
+    monkeypatch.setattr(blas, "_PROBE", "import os, signal; os.kill(os.getpid(), signal.SIGILL)")
+    assert blas.works(lib) is False
+    cached = json.loads((tmp_path / "mlx_text2sql" / "blas-probe.json").read_text())
+    assert list(cached.values()) == [False]
+    monkeypatch.setattr(blas, "_PROBE", "raise SystemExit(0)")
+    assert blas.works(lib) is False  # the cached verdict is used
+
+
+@linux_only
+def test_a_library_without_sgemm_fails_the_probe(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = _libm()
+    if path is None:
+        pytest.skip("no libm here")
+    assert blas.works(path) is False
+
+
+@linux_only
+def test_the_chosen_library_passes_the_probe(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    lib = blas.find_openblas()
+    if lib is None:
+        pytest.skip("no OpenBLAS on this machine")
+    assert blas.works(lib) is True
