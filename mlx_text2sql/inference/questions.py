@@ -85,6 +85,17 @@ def parse_tables(value: str | None) -> list[str] | None:
     return names
 
 
+def read_schema_file(path: str | os.PathLike) -> str:
+    """The text of a schema file (InputError when it is missing or not UTF-8)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("schema file not found", str(path))
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 text ({e.reason})", str(path)) from None
+
+
 def _file_key(path: Path) -> tuple:
     """A database's identity: its resolved path and, so that a changed file is read again,
     its size and modification time."""
