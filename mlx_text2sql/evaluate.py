@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(_main, args)
 
 
-def _main(args) -> int:
+def _validate(args) -> None:
     problems = []
     if args.limit is not None and args.limit < 1:
         problems.append("--limit must be at least 1")
@@ -368,20 +368,19 @@ def _main(args) -> int:
         problems.append(f"--adapter-path {args.adapter_path}: no such folder")
     if problems:
         raise ConfigError(problems)
-    if not args.gold:
-        from .blas import ensure_fast_blas
 
-        ensure_fast_blas()
 
-    from .metrics import summarize
-
-    path = resolve_data(args.data)
-    records, bad = load_records(path, args.limit, args.strict)
-    if args.sample is not None and args.sample < len(records):
+def _select_records(data: str, *, limit: int | None, sample: int | None, seed: int,
+                    strict: bool) -> tuple[list[dict], Path]:
+    """The records to evaluate (the first ``limit``, or a seeded ``sample`` kept in file
+    order) and the file they came from; skipped lines are named on stderr."""
+    path = resolve_data(data)
+    records, bad = load_records(path, limit, strict)
+    if sample is not None and sample < len(records):
         import random
 
-        keep = sorted(random.Random(args.seed).sample(range(len(records)), args.sample))
-        print(f"a random sample of {args.sample} of {len(records)} records (seed {args.seed})", file=sys.stderr)
+        keep = sorted(random.Random(seed).sample(range(len(records)), sample))
+        print(f"a random sample of {sample} of {len(records)} records (seed {seed})", file=sys.stderr)
         records = [records[i] for i in keep]
     for err in bad[:10]:
         print(f"skipped: {err}", file=sys.stderr)
@@ -389,6 +388,36 @@ def _main(args) -> int:
         print(f"skipped: ... and {len(bad) - 10} more", file=sys.stderr)
     if not records:
         raise InputError("no usable records", str(path))
+    return records, path
+
+
+def _model_runs(records, base_dir, *, load: dict, options: AskOptions, compare_base: bool,
+                writer, quiet: bool) -> list[tuple[str, dict, dict | None]]:
+    """(label, summary, speed) of the base model (with ``compare_base``) and of the model."""
+    refined = {"fix_values": options.fix_values, "exec_guided": bool(options.exec_guided)}
+    runs = []
+    if compare_base:
+        results, speed = run_model(records, base_dir, load={**load, "adapter_path": None}, options=options,
+                                   label="base", writer=writer, quiet=quiet)
+        runs.append(("base", _summarize(results, **refined), speed))
+    label = "adapter" if load.get("adapter_path") else "model"
+    results, speed = run_model(records, base_dir, load=load, options=options, label=label,
+                               writer=writer, quiet=quiet)
+    runs.append((label, _summarize(results, **refined), speed))
+    return runs
+
+
+def _main(args) -> int:
+    _validate(args)
+    if not args.gold:
+        from .blas import ensure_fast_blas
+
+        ensure_fast_blas()
+
+    from .metrics import summarize
+
+    records, path = _select_records(args.data, limit=args.limit, sample=args.sample, seed=args.seed,
+                                    strict=args.strict)
     base_dir = path.parent
     print(f"evaluating {len(records)} records from {path}", file=sys.stderr)
 
@@ -397,23 +426,14 @@ def _main(args) -> int:
     writer = _Writer(args.output, resume=args.resume)
     ok = False
     try:
-        runs: list[tuple[str, dict, dict | None]] = []
         if args.gold:
             results = score_predictions(records, [r["sql"] for r in records], base_dir,
                                         timeout_s=args.timeout, label="gold", writer=writer)
-            runs.append(("gold", summarize(results), None))
+            runs = [("gold", summarize(results), None)]
         else:
-            load = opts.load_kwargs(args)
-            options = opts.ask_options(args, execute=False)
-            refined = {"fix_values": args.fix_values, "exec_guided": bool(args.exec_guided)}
-            if args.compare_base:
-                results, speed = run_model(records, base_dir, load={**load, "adapter_path": None},
-                                           options=options, label="base", writer=writer, quiet=args.quiet)
-                runs.append(("base", _summarize(results, **refined), speed))
-            label = "adapter" if args.adapter_path else "model"
-            results, speed = run_model(records, base_dir, load=load, options=options, label=label,
-                                       writer=writer, quiet=args.quiet)
-            runs.append((label, _summarize(results, **refined), speed))
+            runs = _model_runs(records, base_dir, load=opts.load_kwargs(args),
+                               options=opts.ask_options(args, execute=False), compare_base=args.compare_base,
+                               writer=writer, quiet=args.quiet)
         ok = True
     except KeyboardInterrupt:
         if args.output:
