@@ -32,7 +32,7 @@ def trained_prompt_settings(model: str | os.PathLike | None = None,
     from the note ``fuse`` leaves in a fused model folder; {} when neither says."""
     prompt = None
     if adapter_path:
-        from ..tuner.lora import read_adapter_config
+        from ..models.adapters import read_adapter_config
 
         prompt = read_adapter_config(adapter_path).get("prompt")
     elif model and (Path(model) / FUSE_NOTE).is_file():
