@@ -158,6 +158,10 @@ def test_bad_options_are_all_named(t2s):
         t2s.ask("q", schema=SCHEMA, options=AskOptions(max_tokens=0, top_p=2, exec_guided=2, guided_temp=0))
     assert {"max_tokens must be at least 1", "top_p must be in (0, 1]",
             "guided_temp must be above 0 (the alternatives are sampled)"} <= set(e.value.problems)
+    with pytest.raises(InputError, match="question 1: the question is empty"):
+        t2s.ask_many(["fine", " "], schema=SCHEMA)
+    with pytest.raises(InputError, match="ask_many takes a list"):
+        t2s.ask_many("one question", schema=SCHEMA)
 
 
 def test_value_repair_and_execution_guided_decoding(t2s, db, monkeypatch):

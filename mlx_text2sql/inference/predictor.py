@@ -74,20 +74,21 @@ class Predictor:
         out = []
         for i, item in enumerate(questions):
             q = _question(item, db, schema)
-            where = f"question {i}" if len(questions) > 1 else "question"
+            where = f"question {i}" if len(questions) > 1 else None
             out.append(self._prepare_one(q, options, where))
         if not out:
             raise InputError("no questions to ask")
         return out
 
-    def _prepare_one(self, q: Question, options: AskOptions, where: str) -> Prepared:
+    def _prepare_one(self, q: Question, options: AskOptions, where: str | None) -> Prepared:
         t = time.perf_counter()
+        at = f"{where}: " if where else ""
         if not isinstance(q.question, str):
-            raise InputError("the question must be a string", where)
+            raise InputError(f"{at}the question must be a string")
         if q.db is not None and q.schema is not None and q.messages is None:
-            raise ConfigError(f"{where}: give a database or a schema, not both")
+            raise ConfigError(f"{at}give a database or a schema, not both")
         if q.messages is not None:
-            messages = check_messages(q.messages, where)
+            messages = check_messages(q.messages, where or "messages")
         else:
             try:
                 messages = self.builder.messages(
@@ -95,7 +96,7 @@ class Predictor:
                     sample_rows=options.sample_rows, value_hints=options.value_hints,
                     select_schema=options.select_schema)
             except InputError as e:
-                raise InputError(e.reason if e.path else f"{where}: {e.reason}", e.path, e.line) from None
+                raise InputError(e.reason if e.path else at + e.reason, e.path, e.line) from None
         return Prepared(q, messages, q.db, q.schema, time.perf_counter() - t)
 
     # ----------------------------------------------------------------- answers
