@@ -283,3 +283,18 @@ def test_table_choice_for_a_database_of_many_tables(t2s, tmp_path):
     assert all(f'"{t}"' in every[-1]["content"] for t in ("t_airports", "t_players", "t_albums", "t_cars"))
     named = t2s.messages("Which players are from Serbia?", db=path, tables=["t_cars"])
     assert 'CREATE TABLE "t_cars"' in named[-1]["content"] and "t_players" not in named[-1]["content"]
+
+
+def test_the_api_imports_no_mlx_until_a_model_loads(db):
+    """Options, answers, prompts and execution are pure Python: a server can check input and
+    run queries before (or without) loading MLX."""
+    import subprocess
+
+    code = ("import sys; from mlx_text2sql.api import AskOptions, execute_sql, Text2SQL; "
+            "from mlx_text2sql.inference.questions import PromptBuilder; "
+            f"PromptBuilder().messages('q', db={str(db)!r}); AskOptions().check(); "
+            f"assert execute_sql({str(db)!r}, 'SELECT 1').rows == [[1]]; "
+            "assert 'mlx.core' not in sys.modules and 'mlx_lm' not in sys.modules, 'MLX imported'")
+    root = Path(__file__).resolve().parent.parent
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
