@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 from ..errors import ConfigError, InputError
 from .answers import NO_SQL, Answer, AskOptions, Question, QueryResult, Timings, run_query
 from .questions import PromptBuilder
-from .refine import GuideSettings, Refiner
+from .refine import Refiner
 
 Progress = Callable[[int], None]
 
@@ -133,15 +133,10 @@ class Predictor:
             return None, [0.0] * len(prepared)
         from ..guided import Item
 
-        settings = GuideSettings(samples=options.exec_guided, temp=options.guided_temp,
-                                 top_p=options.guided_top_p, seed=options.seed or 0,
-                                 max_tokens=options.max_tokens, batch_size=options.batch_size,
-                                 timeout_s=options.timeout_s)
         items = [Item(p.messages, sql or "", str(p.db) if p.db is not None else None, p.question.question,
                       case_insensitive=p.question.case_insensitive) for p, sql in zip(prepared, sqls)]
         t = time.perf_counter()
-        choices = self.refiner.refine(settings, items, fix_values=options.fix_values,
-                                      progress=progress, announce=announce)
+        choices = self.refiner.refine(options, items, progress=progress, announce=announce)
         spent = time.perf_counter() - t
         retried = [c.reason is not None for c in choices]
         share = [1] * len(choices) if not any(retried) else retried
