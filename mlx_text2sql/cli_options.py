@@ -60,10 +60,15 @@ def add_refine_options(p, *, fix_values_help: str, exec_guided_help: str) -> Non
                    help="execution-guided decoding (mlx_text2sql/guided.py): a greedy query that fails on "
                         "the database (an error, or no rows) is replaced by the result most of N sampled "
                         "replies agree on" + exec_guided_help + " (default 0: off)")
+    p.add_argument("--vote", type=int, default=0, metavar="N",
+                   help="self-consistency voting on every question: the greedy query and N sampled "
+                        "replies run on the database and vote with their results (an empty result is an "
+                        "answer, an error has no vote; for Spider-like data, where the right answer is "
+                        "often empty); not with --exec-guided (default 0: off)")
     p.add_argument("--guided-temp", type=float, default=DEFAULT_GUIDED_TEMP,
-                   help=f"sampling temperature of --exec-guided (default {DEFAULT_GUIDED_TEMP})")
+                   help=f"sampling temperature of --exec-guided / --vote (default {DEFAULT_GUIDED_TEMP})")
     p.add_argument("--guided-top-p", type=float, default=DEFAULT_GUIDED_TOP_P,
-                   help=f"nucleus sampling of --exec-guided (default {DEFAULT_GUIDED_TOP_P})")
+                   help=f"nucleus sampling of --exec-guided / --vote (default {DEFAULT_GUIDED_TOP_P})")
 
 
 def add_timeout_option(p) -> None:
@@ -95,7 +100,7 @@ def load_kwargs(args: argparse.Namespace) -> dict:
 def ask_options(args: argparse.Namespace, **overrides) -> AskOptions:
     """The :class:`~mlx_text2sql.api.AskOptions` the generation and refinement flags give."""
     kw = dict(max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p, seed=args.seed,
-              batch_size=args.batch_size, fix_values=args.fix_values, exec_guided=args.exec_guided,
+              batch_size=args.batch_size, fix_values=args.fix_values, exec_guided=args.exec_guided, vote=args.vote,
               guided_temp=args.guided_temp, guided_top_p=args.guided_top_p, timeout_s=args.timeout)
     kw.update(overrides)
     return AskOptions(**kw)

@@ -206,7 +206,7 @@ def run_model(records, base_dir, *, load: dict, options: AskOptions, label: str,
     t2s = Text2SQL.load(**load, log=None if quiet else _log_loaded)
     # Scoring repairs (and reports) the greedy queries itself; the API repairs them only for
     # execution-guided decoding, which checks the repaired query.
-    ask = replace(options, execute=False, fix_values=options.fix_values and bool(options.exec_guided))
+    ask = replace(options, execute=False, fix_values=options.fix_values and bool(options.guided_samples))
     repairer = t2s.repairer if options.fix_values else None
     results: list[dict | None] = [writer.done.get(result_key(r, label)) for r in records]
     todo = [i for i, r in enumerate(results) if r is None]
@@ -217,8 +217,9 @@ def run_model(records, base_dir, *, load: dict, options: AskOptions, label: str,
     # Replies sampled for failing queries (--exec-guided) get their own bar: the number is
     # known only once a chunk's greedy queries have been run.
     sample_bar = None
-    if options.exec_guided:
-        sample_bar = tqdm(total=0, desc=f"{label}: sampling for failed queries", unit="reply",
+    if options.guided_samples:
+        what = "voting samples" if options.vote else "sampling for failed queries"
+        sample_bar = tqdm(total=0, desc=f"{label}: {what}", unit="reply",
                           disable=quiet, file=sys.stderr)
     chunk = max(64, 4 * options.batch_size)
     outs = []
@@ -228,7 +229,7 @@ def run_model(records, base_dir, *, load: dict, options: AskOptions, label: str,
         got = t2s.ask_many([_question(rec, base_dir) for rec in part], options=ask, progress=bar.update,
                            guided_progress=sample_bar.update if sample_bar is not None else None,
                            guided_announce=(lambda n: _grow(sample_bar, n)) if sample_bar is not None else None)
-        choices = [_choice(a) for a in got] if options.exec_guided else None
+        choices = [_choice(a) for a in got] if options.guided_samples else None
         scored = score_predictions(part, [a.sql_greedy or "" for a in got], base_dir,
                                    timeout_s=options.timeout_s, label=label, writer=writer,
                                    replies=[a.reply for a in got], latencies=[a.timings.decode_s for a in got],
@@ -297,7 +298,12 @@ def _report(label: str, summary: dict, speed: dict | None) -> str:
                      f"{fixed['lost']} no longer do); execution accuracy without it "
                      f"{100 * fixed['execution_accuracy_raw']:.1f}%")
     guided = summary.get("exec_guided")
-    if guided:
+    if guided and guided.get("mode") == "vote":
+        lines.append(f"voting: {guided['retried']} questions voted on (greedy query + samples by execution "
+                     f"result); {guided['changed']} answers changed ({guided['gained']} now match, "
+                     f"{guided['lost']} no longer do); execution accuracy without it "
+                     f"{100 * guided['execution_accuracy_greedy']:.1f}%")
+    elif guided:
         lines.append(f"execution-guided decoding: {guided['retried']} greedy queries failed on the database "
                      f"({guided['error']} errors, {guided['empty']} without rows), "
                      f"{guided['changed']} replaced by a sampled one ({guided['gained']} now match, "
@@ -311,7 +317,8 @@ def _report(label: str, summary: dict, speed: dict | None) -> str:
     return "\n".join(lines)
 
 
-def _summarize(results: list[dict], fix_values: bool = False, exec_guided: bool = False) -> dict:
+def _summarize(results: list[dict], fix_values: bool = False, exec_guided: bool = False,
+               vote: bool = False) -> dict:
     """:func:`metrics.summarize`, plus what value repair changed (with --fix-values)."""
     from .metrics import summarize
 
@@ -334,6 +341,7 @@ def _summarize(results: list[dict], fix_values: bool = False, exec_guided: bool 
         retried = [r for r in results if r.get("guided")]
         changed = [r for r in results if "match_greedy" in r]
         summary["exec_guided"] = {
+            "mode": "vote" if vote else "failed",
             "retried": len(retried),
             **{k: sum(r["guided"]["reason"] == k for r in retried) for k in ("error", "empty")},
             "changed": len(changed),
@@ -358,8 +366,8 @@ def _validate(args) -> None:
     if args.sample is not None and args.limit is not None:
         problems.append("give --limit or --sample, not both")
     problems += opts.generation_problems(args)
-    if args.exec_guided and args.gold:
-        problems.append("--exec-guided needs a model: drop --gold")
+    if (args.exec_guided or args.vote) and args.gold:
+        problems.append(f"{'--exec-guided' if args.exec_guided else '--vote'} needs a model: drop --gold")
     if args.gold and (args.compare_base or args.adapter_path):
         problems.append("--gold scores the data itself: drop --adapter-path / --compare-base")
     if args.compare_base and not args.adapter_path:
@@ -394,7 +402,8 @@ def _select_records(data: str, *, limit: int | None, sample: int | None, seed: i
 def _model_runs(records, base_dir, *, load: dict, options: AskOptions, compare_base: bool,
                 writer, quiet: bool) -> list[tuple[str, dict, dict | None]]:
     """(label, summary, speed) of the base model (with ``compare_base``) and of the model."""
-    refined = {"fix_values": options.fix_values, "exec_guided": bool(options.exec_guided)}
+    refined = {"fix_values": options.fix_values, "exec_guided": bool(options.guided_samples),
+               "vote": bool(options.vote)}
     runs = []
     if compare_base:
         results, speed = run_model(records, base_dir, load={**load, "adapter_path": None}, options=options,

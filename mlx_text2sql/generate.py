@@ -110,8 +110,9 @@ def _validate(args) -> None:
     if args.output is not None and args.input is None:
         problems.append("--output needs --input")
     problems += opts.generation_problems(args, max_rows=args.max_rows, sample_rows=args.sample_rows)
-    if args.exec_guided and args.db is None and args.input is None:
-        problems.append("--exec-guided needs --db (the database the queries are checked on)")
+    if (args.exec_guided or args.vote) and args.db is None and args.input is None:
+        flag = "--exec-guided" if args.exec_guided else "--vote"
+        problems.append(f"{flag} needs --db (the database the queries are checked on)")
     if args.execute and args.db is None and args.input is None:
         problems.append("--execute needs --db (the database to run the SQL on)")
     if args.adapter_path is not None and not Path(args.adapter_path).is_dir():
@@ -298,8 +299,12 @@ def _notes(out: _Out, answers, wheres: list[str]) -> None:
         g = a.guided
         if g is None:
             continue
-        what = {"error": "failed", "empty": "returned no rows"}[g["reason"]]
-        if g["changed"]:
+        what = {"error": "failed", "empty": "returned no rows", None: "ran"}[g["reason"]]
+        if g.get("mode") == "vote":
+            out.log(f"[generate] {w}voting: the greedy query {what}; {g['usable']} of {g['samples'] + 1} "
+                    f"queries ran, {g['votes']} agree on the chosen result"
+                    + (f": {a.sql}" if g["changed"] else " (the greedy query's)"))
+        elif g["changed"]:
             out.log(f"[generate] {w}execution-guided: the greedy query {what}; {g['usable']} of {g['samples']} "
                     f"sampled queries ran, {g['votes']} agree on the result: {a.sql}")
         else:

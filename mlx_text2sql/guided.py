@@ -80,10 +80,14 @@ class Choice:
     usable: int = 0
     votes: int = 0
     candidates: list[str] = field(default_factory=list)
+    mode: str = "failed"
 
     def as_json(self) -> dict:
-        return {"reason": self.reason, "changed": self.changed, "samples": self.samples,
-                "usable": self.usable, "votes": self.votes}
+        out = {"reason": self.reason, "changed": self.changed, "samples": self.samples,
+               "usable": self.usable, "votes": self.votes}
+        if self.mode == "vote":
+            out["mode"] = "vote"
+        return out
 
 
 def _run(sql: str, db_path, case_insensitive: bool, timeout_s: float):
@@ -186,7 +190,7 @@ class ExecutionGuide:
             if self.repairer is not None:
                 sqls = [self.repairer.fix(s, it.db_path, it.question)[0] for s in sqls]
             c = choices[i]
-            c.samples, c.candidates = len(sqls), sqls
+            c.samples, c.candidates, c.mode = len(sqls), sqls, self.mode
             if self.mode == "vote":
                 self._vote(it, c, sqls)
             else:

@@ -90,8 +90,14 @@ def read_tables(db_path: str | os.PathLike, tables: Sequence[str] | None = None,
 
 def schema_from_db(db_path: str | os.PathLike, tables: Sequence[str] | None = None,
                    sample_rows: int = DEFAULT_SAMPLE_ROWS) -> str:
-    """The prompt's schema text for a database: :func:`read_tables` rendered as in training."""
-    return render_schema(read_tables(db_path, tables, sample_rows), sample_rows)
+    """The prompt's schema text for a database: :func:`read_tables` rendered as in training
+    (a foreign key into a table not shown is left out, as ``convert`` leaves it out)."""
+    from .prompting.selection import prune
+
+    found = read_tables(db_path, tables, sample_rows)
+    if tables is not None:
+        found = prune(found, [t.name for t in found])
+    return render_schema(found, sample_rows)
 
 
 def validate_schema_text(text: str, where: str = "--schema") -> list[str]:

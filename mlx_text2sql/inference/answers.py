@@ -29,6 +29,10 @@ class AskOptions:
     fix_values:    value repair of miscopied literals against the database (:mod:`mlx_text2sql.repair`).
     exec_guided:   N: a query that fails on the database (an error, or no rows) is replaced by
                    the result most of N sampled replies agree on (:mod:`mlx_text2sql.guided`); 0: off.
+    vote:          N: self-consistency voting on every question: the greedy query and N sampled
+                   replies vote with their execution results (an empty result is an answer, an
+                   error has no vote; :mod:`mlx_text2sql.guided`); 0: off. For data where the
+                   empty set is a common right answer (Spider); not with ``exec_guided``.
     guided_temp, guided_top_p: sampling of those replies.
     value_hints:   add the ``Values:`` line for databases; None: as the adapter was trained.
     select_schema: for databases, with no tables named: None/True show the tables the question
@@ -45,12 +49,23 @@ class AskOptions:
     seed: int | None = None
     fix_values: bool = False
     exec_guided: int = 0
+    vote: int = 0
     guided_temp: float = 0.7
     guided_top_p: float = 0.95
     value_hints: bool | None = None
     select_schema: bool | None = None
     sample_rows: int | None = None
     batch_size: int = 16
+
+    @property
+    def guided_samples(self) -> int:
+        """Replies sampled per re-asked question (``vote`` or ``exec_guided``; 0: none)."""
+        return self.vote or self.exec_guided
+
+    @property
+    def guided_mode(self) -> str:
+        """:class:`~mlx_text2sql.guided.ExecutionGuide`'s mode: "vote" or "failed"."""
+        return "vote" if self.vote else "failed"
 
     def problems(self) -> list[str]:
         """Every invalid setting, as messages naming the field and the range it needs."""
@@ -69,9 +84,13 @@ class AskOptions:
             out.append("batch_size must be at least 1")
         if self.exec_guided < 0:
             out.append("exec_guided must be 0 (off) or a number of samples")
-        if self.exec_guided and self.guided_temp <= 0:
+        if self.vote < 0:
+            out.append("vote must be 0 (off) or a number of samples")
+        if self.vote and self.exec_guided:
+            out.append("vote and exec_guided are two ways to use samples: choose one")
+        if self.guided_samples and self.guided_temp <= 0:
             out.append("guided_temp must be above 0 (the alternatives are sampled)")
-        if self.exec_guided and not 0 < self.guided_top_p <= 1:
+        if self.guided_samples and not 0 < self.guided_top_p <= 1:
             out.append("guided_top_p must be in (0, 1]")
         if self.sample_rows is not None and self.sample_rows < 0:
             out.append("sample_rows must be 0 or more")

@@ -129,7 +129,7 @@ class Predictor:
     def _guide(self, prepared, sqls, options: AskOptions, progress, announce):
         """Execution-guided decoding of every query (when on); its time shared among the
         questions it sampled for (or all, when none failed)."""
-        if not options.exec_guided:
+        if not options.guided_samples:
             return None, [0.0] * len(prepared)
         from ..guided import Item
 
@@ -138,7 +138,7 @@ class Predictor:
         t = time.perf_counter()
         choices = self.refiner.refine(options, items, progress=progress, announce=announce)
         spent = time.perf_counter() - t
-        retried = [c.reason is not None for c in choices]
+        retried = [c.reason is not None or c.samples > 0 for c in choices]
         share = [1] * len(choices) if not any(retried) else retried
         n = sum(share)
         return choices, [spent / n if s else 0.0 for s in share]
@@ -151,7 +151,7 @@ class Predictor:
         elif options.execute:
             run = run_query(p.db, sql, schema=p.schema if p.db is None else None,
                             max_rows=options.max_rows, timeout_s=options.timeout_s)
-        guided = choice.as_json() if choice is not None and choice.reason is not None else None
+        guided = choice.as_json() if choice is not None and (choice.reason is not None or choice.samples) else None
         return Answer(
             question=q.question, sql=sql, reply=r.text, sql_greedy=greedy, columns=run.columns,
             rows=run.rows, truncated=run.truncated, error_kind=run.error_kind, error=run.error,

@@ -52,12 +52,18 @@ class PromptSettings:
     system_prompt: the system turn.
     value_hints:   add the ``Values:`` line (cells the question mentions) for databases.
     max_hints:     at most this many values on that line (None: the hints module's default).
+    select_tables: pick a multi-table database's tables per question with the schema selector
+                   of :mod:`mlx_text2sql.prompting.selection` (as ``convert --select-tables``
+                   did for the training records), at most ``max_tables`` plus their joins;
+                   False: :func:`mlx_text2sql.schema_db.select_tables` (groups of linked tables).
     """
 
     sample_rows: int = DEFAULT_SAMPLE_ROWS
     system_prompt: str = SYSTEM_PROMPT
     value_hints: bool = False
     max_hints: int | None = None
+    select_tables: bool = False
+    max_tables: int = 4
 
     @classmethod
     def trained(cls, model: str | os.PathLike | None = None,
@@ -67,10 +73,14 @@ class PromptSettings:
         rows = raw.get("sample_rows")
         system = raw.get("system_prompt")
         max_hints = raw.get("max_hints")
+        conv = raw.get("convert") if isinstance(raw.get("convert"), dict) else {}
+        max_tables = conv.get("max_tables")
         return cls(sample_rows=rows if isinstance(rows, int) else DEFAULT_SAMPLE_ROWS,
                    system_prompt=system if isinstance(system, str) else SYSTEM_PROMPT,
                    value_hints=bool(raw.get("value_hints")),
-                   max_hints=max_hints if isinstance(max_hints, int) else None)
+                   max_hints=max_hints if isinstance(max_hints, int) else None,
+                   select_tables=bool(conv.get("select_tables")),
+                   max_tables=max_tables if isinstance(max_tables, int) and max_tables > 0 else 4)
 
 
 def parse_tables(value: str | None) -> list[str] | None:
@@ -150,15 +160,30 @@ class PromptBuilder:
         about (:func:`~mlx_text2sql.schema_db.select_tables`)."""
         if tables is not None:
             return list(tables)
-        from ..schema_db import select_tables
+        if self.settings.select_tables:
+            chosen, why = self._selected(db, question)
+        else:
+            from ..schema_db import select_tables
 
-        chosen, why = select_tables(db, question)
+            chosen, why = select_tables(db, question)
         key = (str(db), why)
         if key not in self._announced:
             self._announced.add(key)
             if self.on_tables is not None:
                 self.on_tables(Path(db), why)
         return chosen
+
+    def _selected(self, db: str | os.PathLike, question: str) -> tuple[list[str], str]:
+        from ..hints import ValueIndex
+        from ..prompting.selection import select_from_database
+
+        key = str(Path(db).resolve())
+        if key not in self._indexes:
+            self._indexes[key] = ValueIndex(Path(db))
+        sel = select_from_database(db, question, max_tables=self.settings.max_tables,
+                                   max_hints=self.settings.max_hints, values=self._indexes[key])
+        why = sel.reason if sel.whole else "the tables the question is about (schema selection)"
+        return sel.tables, why
 
     def schema_text(self, db: str | os.PathLike, tables: Sequence[str], sample_rows: int | None = None) -> str:
         """The schema text of ``tables`` of the database ([] = all), read once per file state."""

@@ -45,11 +45,12 @@ class Refiner:
         ``guided_temp`` / ``guided_top_p``, the sampling stream starting at ``seed``,
         ``max_tokens`` and ``batch_size`` as for greedy decoding, ``timeout_s`` per check;
         samples value-repaired with ``fix_values``): one per setting, kept across calls."""
-        key = (options.exec_guided, options.guided_temp, options.guided_top_p, options.seed or 0,
+        key = (options.guided_samples, options.guided_mode, options.guided_temp, options.guided_top_p, options.seed or 0,
                options.max_tokens, options.batch_size, options.timeout_s, options.fix_values)
         if key not in self._guides:
             self._guides[key] = ExecutionGuide(
-                self.gen, samples=options.exec_guided, temp=options.guided_temp, top_p=options.guided_top_p,
+                self.gen, samples=options.guided_samples, mode=options.guided_mode,
+                temp=options.guided_temp, top_p=options.guided_top_p,
                 seed=options.seed or 0, max_tokens=options.max_tokens, batch_size=options.batch_size,
                 timeout_s=options.timeout_s, repairer=self.repairer if options.fix_values else None)
         return self._guides[key]

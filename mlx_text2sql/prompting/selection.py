@@ -227,3 +227,27 @@ def recall(selected: Iterable[str], gold: Iterable[str]) -> bool:
     """Whether every gold table survived the selection (case-insensitive)."""
     sel = {s.lower() for s in selected}
     return all(g.lower() in sel for g in gold)
+
+
+def select_from_database(db_path, question: str, *, max_tables: int = DEFAULT_MAX_TABLES,
+                         keep_all_up_to: int = DEFAULT_KEEP_ALL_UP_TO, max_hints: int | None = None,
+                         values=None) -> Selection:
+    """:func:`select_tables` over a SQLite file's tables (and foreign keys), with the cells
+    the question names found by a :class:`~mlx_text2sql.hints.ValueIndex` (``values``: one
+    to reuse, else one is opened and closed here): what ``generate --db`` shows an adapter
+    trained on ``convert --select-tables`` records."""
+    from ..hints import DEFAULT_MAX_HINTS, ValueIndex
+    from ..schema_db import read_tables
+
+    tables = read_tables(db_path, None, 0)
+    if len(tables) <= keep_all_up_to:
+        return Selection([t.name for t in tables], whole=True)
+    own = values is None
+    index = ValueIndex(db_path) if own else values
+    try:
+        cells = [h.table for h in index.hints(question, [t.name for t in tables],
+                                              max_hints or DEFAULT_MAX_HINTS)]
+    finally:
+        if own:
+            index.close()
+    return select_tables(question, tables, cells, max_tables=max_tables, keep_all_up_to=keep_all_up_to)

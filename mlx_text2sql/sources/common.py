@@ -513,8 +513,11 @@ def tables_from_database(path: str | os.PathLike, sample_rows: int = 3,
             info = conn.execute(f"PRAGMA table_info({q})").fetchall()
             table = Table(name=name, columns=[Column(c[1], (c[2] or "").upper()) for c in info])
             table.primary_key = [c[1] for c in sorted(info, key=lambda c: c[5]) if c[5] > 0]
-            for fk in conn.execute(f"PRAGMA foreign_key_list({q})").fetchall():
-                # (id, seq, table, from, to, ...); 'to' is NULL when it names the primary key
+            # (id, seq, table, from, to, ...); 'to' is NULL when it names the primary key. SQLite
+            # numbers a table's foreign keys last-declared first: listed here in declaration
+            # order, as the CREATE TABLE (and Spider's tables.json) give them.
+            fks = conn.execute(f"PRAGMA foreign_key_list({q})").fetchall()
+            for fk in sorted(fks, key=lambda r: (-r[0], r[1])):
                 table.foreign_keys.append((fk[3], fk[2], fk[4] or fk[3]))
             if sample_rows > 0 and table.columns:
                 cols = ", ".join(quote_name(c.name) for c in table.columns)
