@@ -495,7 +495,6 @@ def blas_threads(n: int | None):
 
 # --------------------------------------------------------------------------- the loop
 
-@contextlib.contextmanager
 # MLX keeps freed buffers for reuse. Text2SQL batches change shape at every step (prompt lengths
 # vary), so on a CPU the cache kept growing until the process ran out of memory (a Spider run
 # at 1,024 tokens passed 20 GB by step 30 with a 7 GB working set); capped, it is reused the same.
@@ -508,6 +507,7 @@ def cap_buffer_cache(limit: int = BUFFER_CACHE_BYTES) -> None:
         mx.set_cache_limit(limit)
 
 
+@contextlib.contextmanager
 def grad_checkpointing(model, enabled: bool):
     """Recompute each block's activations in the backward pass instead of storing them.
 
