@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from .lexer import mask, scan
+from .lexer import mask, token_at
 
 __all__ = ["create_table_name"]
 
@@ -23,11 +23,15 @@ def create_table_name(stmt: str) -> str | None:
     doubled quotes undone; a bare name runs to the next whitespace or ``(``, as written
     (``main.t`` stays ``main.t``).
     """
-    m = _CREATE_TABLE.search(mask(stmt))
+    # A statement that starts with CREATE TABLE (the usual case) needs no masking: nothing
+    # before it can be a comment or a quote.
+    m = _CREATE_TABLE.match(stmt, len(stmt) - len(stmt.lstrip()))
     if m is None:
-        return None
+        m = _CREATE_TABLE.search(mask(stmt))
+        if m is None:
+            return None
     at = m.end()
     if at < len(stmt) and stmt[at] in "\"`[":
-        return scan(stmt[at:])[0].value
+        return token_at(stmt, at).value
     name = _BARE_NAME.match(stmt, at)
     return name.group() if name else None

@@ -31,7 +31,7 @@ from ..errors import InputError, TrainingError
 from ..jsonl import iter_jsonl
 from ..prompts import SYSTEM_PROMPT, user_message
 from ..sql.ddl import create_table_name
-from ..sql.lexer import COMMENT, identifiers, mask, scan
+from ..sql.lexer import block_comments, identifiers, mask
 
 
 @dataclass
@@ -262,11 +262,10 @@ def _without_block_comments(text: str) -> str:
     """``text`` without its ``/* ... */`` comments (the sample rows), each with the line break
     before it; comments inside strings, quoted names or ``--`` comments are not comments."""
     parts, last = [], 0
-    for tok in scan(text):
-        if tok.kind == COMMENT and tok.closed and tok.text.startswith("/*"):
-            cut = tok.start - 1 if tok.start > last and text[tok.start - 1] == "\n" else tok.start
-            parts.append(text[last:cut])
-            last = tok.end
+    for start, end in block_comments(text):
+        cut = start - 1 if start > last and text[start - 1] == "\n" else start
+        parts.append(text[last:cut])
+        last = end
     parts.append(text[last:])
     return "".join(parts)
 

@@ -261,3 +261,31 @@ def test_statement_ends_agree_with_sqlite(sql):
     for i, ch in enumerate(sql):
         if ch == ";":
             assert sqlite3.complete_statement(sql[: i + 1]) == (i + 1 in ends), sql[: i + 1]
+
+
+@settings(max_examples=400, deadline=None)
+@given(SQLISH)
+def test_identifiers_are_the_names_among_the_tokens(sql):
+    want = [t.value for t in tokenize(sql) if t.kind in (L.KEYWORD, L.IDENTIFIER, L.QUOTED)]
+    assert identifiers(sql) == want
+
+
+@pytest.mark.parametrize("sql, spans", [
+    ("a /* b */ c /* d", [(2, 9)]),
+    ("'/* no */' -- /* no */\n/**/", [(23, 27)]),
+    ('"/*" [/*] `/*` /* yes */', [(15, 24)]),
+])
+def test_block_comments(sql, spans):
+    assert L.block_comments(sql) == spans
+
+
+@settings(max_examples=300, deadline=None)
+@given(SQLISH)
+def test_block_comments_and_mask_agree_with_the_tokens(sql):
+    tokens = tokenize(sql)
+    assert L.block_comments(sql) == [(t.start, t.end) for t in tokens
+                                     if t.kind == L.COMMENT and t.closed and t.text.startswith("/*")]
+    hidden = {i for t in tokens if t.kind in (L.COMMENT, L.STRING, L.QUOTED, L.BLOB) for i in range(t.start, t.end)
+              if not (t.kind == L.BLOB and i == t.start)}  # a blob's x is code, its quote is not
+    assert [i for i, ch in enumerate(mask(sql, "\0")) if ch == "\0" and sql[i] != "\0"] == sorted(
+        i for i in hidden if sql[i] != "\0")
