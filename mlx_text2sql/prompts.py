@@ -217,21 +217,14 @@ _START = re.compile(r"\bSELECT\b|\bWITH\s+(?:RECURSIVE\s+)?[\w\"`\[\]]+\s*(?:\([
 
 
 def _cut_statement(text: str) -> str:
-    """Text up to the first ';' outside quotes, or the first blank line."""
-    quote = None
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if quote:
-            if ch == quote:
-                quote = None
-        elif ch in ("'", '"', "`"):
-            quote = ch
-        elif ch == ";":
-            return text[:i]
-        elif ch == "\n" and text[i + 1: i + 2] == "\n":
-            return text[:i]
-        i += 1
+    """Text up to the first ';' outside quotes and comments, or the first blank line outside them."""
+    from .sql.lexer import PLAIN, PUNCT, scan
+
+    for tok in scan(text):
+        if tok.kind == PUNCT:  # the only punctuation scan() returns is ';'
+            return text[:tok.start]
+        if tok.kind == PLAIN and "\n\n" in tok.text:
+            return text[:tok.start + tok.text.index("\n\n")]
     return text
 
 

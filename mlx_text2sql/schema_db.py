@@ -108,7 +108,7 @@ def validate_schema_text(text: str, where: str = "--schema") -> list[str]:
     from sqlglot import expressions as exp
 
     from .sources.common import quiet_sqlglot
-    from .sqlexec import split_statements
+    from .sql.lexer import split_statements, strip_leading_comments
 
     if not text or not text.strip():
         raise InputError("the schema is empty; give CREATE TABLE statements", where)
@@ -117,7 +117,7 @@ def validate_schema_text(text: str, where: str = "--schema") -> list[str]:
         raise InputError("the schema holds only comments; give CREATE TABLE statements", where)
     names = []
     for i, stmt in enumerate(statements, 1):
-        shown = _LEADING_COMMENTS.sub("", stmt)
+        shown = strip_leading_comments(stmt)
         shown = " ".join(shown.split())
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
         label = f"statement {i} ({shown!r})" if len(statements) > 1 else repr(shown)
@@ -140,8 +140,6 @@ def validate_schema_text(text: str, where: str = "--schema") -> list[str]:
         names.append(table.name)
     return names
 
-
-_LEADING_COMMENTS = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)+", re.S)
 
 
 # --------------------------------------------------------------------------- table selection

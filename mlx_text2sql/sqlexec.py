@@ -84,6 +84,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SQLExecutionError
+from .sql import lexer as sql_lexer
 
 __all__ = [
     "ExecResult", "ExecOutcome", "execute", "try_execute", "execute_on_schema",
@@ -186,64 +187,12 @@ def split_statements(sql: str) -> list[str]:
     Returns the statements that hold more than whitespace and comments, each stripped.
     An unterminated quote or block comment is left for SQLite to report as a syntax error.
     """
-    parts: list[str] = []
-    start = 0
-    has_code = False
-    i, n = 0, len(sql)
-    while i < n:
-        ch = sql[i]
-        if ch in "'\"`[":
-            close = "]" if ch == "[" else ch
-            j = i + 1
-            while j < n:
-                if sql[j] == close:
-                    # '' inside a '...' string (and "" inside "...") is an escaped quote
-                    if close != "]" and j + 1 < n and sql[j + 1] == close:
-                        j += 2
-                        continue
-                    break
-                j += 1
-            has_code = True
-            i = j + 1
-            continue
-        if ch == "-" and sql.startswith("--", i):
-            j = sql.find("\n", i)
-            i = n if j < 0 else j + 1
-            continue
-        if ch == "/" and sql.startswith("/*", i):
-            j = sql.find("*/", i + 2)
-            i = n if j < 0 else j + 2
-            continue
-        if ch == ";":
-            if has_code:
-                parts.append(sql[start:i].strip())
-            start, has_code = i + 1, False
-        elif not ch.isspace():
-            has_code = True
-        i += 1
-    if has_code:
-        parts.append(sql[start:].strip())
-    return parts
+    return sql_lexer.split_statements(sql)
 
 
 def _first_keyword(stmt: str) -> str:
     """The first word of a statement, skipping leading comments."""
-    i, n = 0, len(stmt)
-    while i < n:
-        if stmt[i].isspace():
-            i += 1
-        elif stmt.startswith("--", i):
-            j = stmt.find("\n", i)
-            i = n if j < 0 else j + 1
-        elif stmt.startswith("/*", i):
-            j = stmt.find("*/", i + 2)
-            i = n if j < 0 else j + 2
-        else:
-            break
-    j = i
-    while j < n and (stmt[j].isalnum() or stmt[j] == "_"):
-        j += 1
-    return stmt[i:j].upper() if j > i else stmt[i:i + 1]
+    return sql_lexer.first_keyword(stmt)
 
 
 def check_statement(sql: str, where: str = "<sql>") -> str:

@@ -4,7 +4,7 @@
     python -m mlx_text2sql.train -c configs/wikisql.yaml --iters 300
     python -m mlx_text2sql.train --resume             # continue from the last checkpoint
 
-Settings: command line > YAML (``-c``) > the defaults table in :mod:`mlx_text2sql.config`.
+Settings: command line > YAML (``-c``) > the settings table in :mod:`mlx_text2sql.training.settings`.
 Outputs in ``--adapter-path`` (default ``adapters/``): adapters.npz + adapter_config.json (the
 final adapter, also rewritten every ``--save-every`` steps), best/ (lowest validation loss),
 checkpoints/step-NNNNNN/ (adapter + optimizer + RNG + data position, for ``--resume``),
@@ -37,78 +37,18 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import DEFAULTS as D
+    from .training.settings import add_arguments
 
     p = argparse.ArgumentParser(
         prog="mlx-text2sql train",
         description="Fine-tune LoRA / DoRA / QLoRA adapters for Text-to-SQL. Settings: command line > "
                     "YAML (-c) > defaults (configs/default.yaml lists them all).",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # Every default is None: unset options fall through to the YAML file, then to DEFAULTS.
+    # One option per setting of the table in training/settings.py, every default None: unset
+    # options fall through to the YAML file, then to the table's defaults.
     p.add_argument("-c", "--config", help="YAML file with settings (ours or mlx_lm's lora config keys)")
-    g = p.add_argument_group("model")
-    g.add_argument("--model", help="smollm2-135m (default), a .gguf file, a model folder or a Hugging Face id")
-    g.add_argument("--chat-template", help="registry template overriding the tokenizer's (chatml, zephyr, mistral, ...)")
-    g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="dtype of dense weights (default float32)")
-    g.add_argument("--quantize", type=int, choices=[4, 8], help="quantize the base to 4 or 8 bits (QLoRA)")
-    g.add_argument("--group-size", type=int, help=f"quantization group size for --quantize (default {D['group_size']})")
-    g.add_argument("--dequantize", action="store_true", default=None,
-                   help="train on a dense copy of a quantized model (the default on CPU)")
-    g.add_argument("--no-dequantize", "--keep-quantized", dest="dequantize", action="store_false",
-                   help="keep a quantized model quantized (QLoRA), even on CPU")
-    g = p.add_argument_group("data")
-    g.add_argument("--data", help="folder with train.jsonl and valid.jsonl (default data/)")
-    g.add_argument("--max-seq-length", type=int, help=f"longest example in tokens (default {D['max_seq_length']}); "
-                   "longer ones get a trimmed schema or are skipped, never a cut SQL")
-    g.add_argument("--train-on-prompt", action="store_true", default=None,
-                   help="put loss on the prompt tokens too (default: on the SQL answer and its EOS only)")
-    g = p.add_argument_group("LoRA")
-    g.add_argument("--rank", type=int, help=f"LoRA rank (default {D['rank']})")
-    g.add_argument("--alpha", type=float, help=f"LoRA alpha; the update is scaled by alpha/rank (default {D['alpha']:g})")
-    g.add_argument("--dropout", type=float, help="dropout on the LoRA input (default 0)")
-    g.add_argument("--targets", help="comma-separated module names (default: every linear layer of the blocks)")
-    g.add_argument("--lora-layers", type=int, help="adapt only the last N blocks (default: all)")
-    g.add_argument("--dora", action="store_true", default=None, help="DoRA instead of LoRA")
-    g = p.add_argument_group("schedule")
-    g.add_argument("--iters", type=int, help=f"optimizer steps (default {D['iters']})")
-    g.add_argument("--epochs", type=float, help="passes over the training set (instead of --iters)")
-    g.add_argument("--batch-size", type=int, help=f"examples per batch (default {D['batch_size']})")
-    g.add_argument("--grad-accum", type=int, help="batches per optimizer step (default 1)")
-    g.add_argument("--grad-checkpoint", action="store_true", default=None,
-                   help="recompute activations in the backward pass (less memory, ~30%% slower)")
-    g.add_argument("--lr", "--learning-rate", dest="lr", type=float, help=f"peak learning rate (default {D['lr']:g})")
-    g.add_argument("--lr-schedule", choices=["constant", "cosine", "linear"], help="default cosine")
-    g.add_argument("--warmup", type=int, help="linear warm-up steps (default: 5%% of the steps)")
-    g.add_argument("--min-lr", type=float, help="learning rate at the end of cosine/linear decay (default 0)")
-    g.add_argument("--optimizer", choices=["adam", "adamw"], help="default adamw")
-    g.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0)")
-    g.add_argument("--max-grad-norm", type=float, help="clip the gradient norm (default 1.0; 0 = off)")
-    g.add_argument("--seed", type=int, help="seed for LoRA init, dropout and data order (default 0)")
-    g.add_argument("--cpu-streams", type=int, metavar="N",
-                   help="split each batch over N parallel CPU streams (default: one per core, at most 4; "
-                        "MLX's elementwise CPU kernels use one core each)")
-    g.add_argument("--no-share-prefix", dest="share_prefix", action="store_false", default=None,
-                   help="run every example's whole prompt (default: questions on the same schema in a "
-                        "batch share one run of their common prompt prefix; same loss, less work)")
-    g = p.add_argument_group("validation, saving, reporting")
-    g.add_argument("--eval-every", type=int, help=f"validate every N steps (default {D['eval_every']})")
-    g.add_argument("--val-batches", type=int, help=f"validation batches per evaluation, -1 = all (default {D['val_batches']})")
-    g.add_argument("--early-stop", type=int, metavar="PATIENCE",
-                   help="stop after PATIENCE evaluations without a better validation metric")
-    g.add_argument("--best-metric", help="metric that selects adapters/best: val_loss (default) or exec_acc "
-                   "(greedy execution accuracy on a fixed sample of valid.jsonl)")
-    g.add_argument("--exec-acc-samples", type=int, metavar="N",
-                   help=f"exec_acc: validation records it generates SQL for and executes (default {D['exec_acc_samples']})")
-    g.add_argument("--exec-acc-max-tokens", type=int, metavar="N",
-                   help=f"exec_acc: generation limit per record (default {D['exec_acc_max_tokens']})")
-    g.add_argument("--adapter-path", "-o", help="output folder (default adapters/)")
-    g.add_argument("--save-every", type=int, help=f"save adapter + checkpoint every N steps (default {D['save_every']})")
-    g.add_argument("--keep-checkpoints", type=int, help=f"newest checkpoints kept, 0 = all (default {D['keep_checkpoints']})")
-    g.add_argument("--resume", nargs="?", const="latest", metavar="PATH",
-                   help="continue from the newest checkpoint in --adapter-path, or from PATH "
-                        "(a checkpoint folder or an adapter folder)")
-    g.add_argument("--report-every", type=int, help=f"report loss every N steps (default {D['report_every']})")
-    g.add_argument("--no-plot", dest="plot", action="store_false", default=None, help="skip loss.png")
+    g = add_arguments(p)["validation, saving, reporting"]
+    # Options of this run that are not settings (not saved in train_config.yaml).
     g.add_argument("--no-compile", dest="compile", action="store_false", default=True,
                    help="run the step uncompiled (debugging)")
     g.add_argument("--no-fast-ops", dest="fast_ops", action="store_false", default=True,
@@ -122,8 +62,10 @@ def settings(argv: list[str] | None) -> tuple[dict, argparse.Namespace, object |
 
     Returns (config, parsed args, checkpoint path or None)."""
     from . import config as C
+    from .tuner import exec_acc
     from .tuner.trainer import latest_checkpoint
 
+    exec_acc.register()  # the metrics best_metric may name are known before validation
     ns = build_parser().parse_args(argv)
     cli = {k: v for k, v in vars(ns).items() if k in C.DEFAULTS and v is not None}
     problems: list[str] = []
@@ -250,6 +192,7 @@ def _main(argv: list[str] | None) -> int:
     from .tuner.data import Encoder, epoch_batches, load_split
     from .tuner.lora import apply_lora
     from .tuner.plot import plot_losses
+    from .training.settings import trainer_kwargs
     from .tuner.trainer import (METRIC_FACTORIES, TrainArgs, ValLoss, load_checkpoint, make_loss,
                                 make_optimizer, train)
 
@@ -300,9 +243,6 @@ def _main(argv: list[str] | None) -> int:
                                world=world, streams=cfg["cpu_streams"]))
     ctx = TrainContext(loaded=lm, config=cfg, data_dir=data_dir, encoder=encoder)
     if cfg["best_metric"] != "val_loss":
-        from .tuner import exec_acc
-
-        exec_acc.register()
         if cfg["best_metric"] not in METRIC_FACTORIES:
             raise ConfigError(f"best_metric {cfg['best_metric']!r} is not available; known: "
                               f"{', '.join(['val_loss', *METRIC_FACTORIES])}")
@@ -341,14 +281,8 @@ def _main(argv: list[str] | None) -> int:
                     f"rerun with: python -m mlx_text2sql.train -c {adapter_path / 'train_config.yaml'}\n")
             yaml.safe_dump(run_config, f, sort_keys=False)
 
-    args = TrainArgs(
-        iters=total, batch_size=cfg["batch_size"], grad_accum=cfg["grad_accum"],
-        max_grad_norm=cfg["max_grad_norm"], grad_checkpoint=cfg["grad_checkpoint"],
-        train_on_prompt=cfg["train_on_prompt"], eval_every=cfg["eval_every"], val_batches=cfg["val_batches"],
-        early_stop=cfg["early_stop"], best_metric=cfg["best_metric"], save_every=cfg["save_every"],
-        keep_checkpoints=cfg["keep_checkpoints"], report_every=cfg["report_every"], seed=cfg["seed"],
-        adapter_path=str(adapter_path), compile=ns.compile, fast_ops=ns.fast_ops, streams=cfg["cpu_streams"],
-        share_prefix=cfg["share_prefix"])
+    args = TrainArgs(**{**trainer_kwargs(cfg), "iters": total, "adapter_path": str(adapter_path),
+                        "compile": ns.compile, "fast_ops": ns.fast_ops})
     callbacks = []
     if rank == 0:
         callbacks.append(JsonlLog(adapter_path / "log.jsonl", keep_until=start.step if start else None))

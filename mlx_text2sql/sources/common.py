@@ -32,6 +32,8 @@ from typing import Any
 from ..errors import InputError
 from ..example import Column, Example, Table
 from ..jsonl import iter_jsonl
+from ..sql.ddl import create_table_name
+from ..sql.lexer import mask
 
 # --------------------------------------------------------------------------- problems
 
@@ -242,30 +244,8 @@ def is_number(value: Any) -> bool:
 # --------------------------------------------------------------------------- CREATE TABLE text
 
 _CREATE_RE = re.compile(r"\bCREATE\s+(?:TEMP\s+|TEMPORARY\s+)?TABLE\b", re.I)
-
-
-def _skip_quoted(text: str, i: int) -> int:
-    """Index just past the quoted token starting at ``text[i]`` (', ", ` or [)."""
-    close = "]" if text[i] == "[" else text[i]
-    j = i + 1
-    while j < len(text):
-        if text[j] == close:
-            if close != "]" and text[j + 1: j + 2] == close:  # doubled quote inside
-                j += 2
-                continue
-            return j + 1
-        j += 1
-    return len(text)
-
-
-def _skip_comment(text: str, i: int) -> int | None:
-    if text.startswith("--", i):
-        j = text.find("\n", i)
-        return len(text) if j < 0 else j
-    if text.startswith("/*", i):
-        j = text.find("*/", i + 2)
-        return len(text) if j < 0 else j + 2
-    return None
+_STATEMENT_END = re.compile(r"[();]")
+_TABLE_OPTIONS = re.compile(r"[ \t]*(WITHOUT\s+ROWID|STRICT)?", re.I)
 
 
 def split_create_statements(text: str) -> list[str]:
@@ -274,59 +254,35 @@ def split_create_statements(text: str) -> list[str]:
     Statements may be separated by ';', blank lines or nothing (sql-create-context joins them
     with '; ', NSQL with blank lines); comments and quoted names are skipped correctly.
     """
+    # Searched in the masked text (comments, strings and quoted names blanked, positions kept),
+    # cut from the original.
+    code = mask(text)
     out = []
-    i = 0
-    n = len(text)
-    while i < n:
-        c = text[i]
-        skip = _skip_comment(text, i)
-        if skip is not None:
-            i = skip
-            continue
-        if c in "'\"`[":
-            i = _skip_quoted(text, i)
-            continue
-        m = _CREATE_RE.match(text, i)
-        if not m or (i > 0 and (text[i - 1].isalnum() or text[i - 1] == "_")):
-            i += 1
-            continue
-        start, j, depth = i, m.end(), 0
-        while j < n:
-            cj = text[j]
-            skip = _skip_comment(text, j)
-            if skip is not None:
-                j = skip
-                continue
-            if cj in "'\"`[":
-                j = _skip_quoted(text, j)
-                continue
-            if cj == "(":
+    i, n = 0, len(text)
+    while (m := _CREATE_RE.search(code, i)) is not None:
+        start, j, depth = m.start(), n, 0
+        for p in _STATEMENT_END.finditer(code, m.end()):
+            ch = p.group()
+            if ch == "(":
                 depth += 1
-            elif cj == ")":
+            elif ch == ")":
                 depth -= 1
                 if depth == 0:
-                    j += 1
+                    j = p.end()
                     break
-            elif cj == ";" and depth == 0:
+            elif depth == 0:  # ';' outside the column list
+                j = p.start()
                 break
-            j += 1
         # Table options after ')' (WITHOUT ROWID, STRICT) run to the end of the line.
-        tail = re.match(r"[ \t]*(WITHOUT\s+ROWID|STRICT)?", text[j:], re.I)
-        j += tail.end() if tail else 0
+        j = _TABLE_OPTIONS.match(text, j).end()
         out.append(text[start:j].strip())
         i = j
     return out
 
 
 def _table_name_guess(stmt: str) -> str:
-    m = re.match(r"\s*CREATE\s+(?:TEMP\s+|TEMPORARY\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?"
-                 r"(\"(?:[^\"]|\"\")+\"|`[^`]+`|\[[^\]]+\]|[^\s(]+)", stmt, re.I)
-    if not m:
-        return "?"
-    name = m.group(1)
-    if name[0] in "\"`[":
-        name = name[1:-1].replace('""', '"')
-    return name
+    name = create_table_name(stmt)
+    return "?" if name is None else name
 
 
 @contextlib.contextmanager

@@ -30,6 +30,8 @@ import numpy as np
 from ..errors import InputError, TrainingError
 from ..jsonl import iter_jsonl
 from ..prompts import SYSTEM_PROMPT, user_message
+from ..sql.ddl import create_table_name
+from ..sql.lexer import block_comments, identifiers, mask
 
 
 @dataclass
@@ -238,15 +240,13 @@ def _split_where(where: str) -> tuple[str | None, int | None]:
 
 # --------------------------------------------------------------------------- schema trimming
 
+# A CREATE TABLE that starts a line or follows a ';', searched in code only (lexer.mask).
 _CREATE = re.compile(r"(?im)(?:^|(?<=;))\s*CREATE\s+TABLE\b")
-_ROWS_COMMENT = re.compile(r"\n?/\*.*?\*/", re.S)
-_TABLE_NAME = re.compile(r"(?is)CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?"
-                         r"(\"(?:[^\"]|\"\")+\"|`[^`]+`|\[[^\]]+\]|[^\s(]+)")
 
 
 def split_tables(schema: str) -> list[str]:
     """The schema's CREATE TABLE statements (each with its sample-row comment)."""
-    starts = [m.start() for m in _CREATE.finditer(schema)]
+    starts = [m.start() for m in _CREATE.finditer(mask(schema))]
     if not starts:
         return [schema]
     starts[0] = 0
@@ -254,27 +254,32 @@ def split_tables(schema: str) -> list[str]:
 
 
 def table_name(statement: str) -> str | None:
-    m = _TABLE_NAME.search(statement)
-    if not m:
-        return None
-    name = m.group(1)
-    if name[0] in "\"`[":
-        name = name[1:-1].replace('""', '"')
-    return name
+    """The name the statement's CREATE TABLE defines, unquoted (None when it has none)."""
+    return create_table_name(statement)
 
 
-def _mentions(sql: str, name: str) -> bool:
-    return re.search(r"(?<![\w])" + re.escape(name.lower()) + r"(?![\w])", sql.lower()) is not None
+def _without_block_comments(text: str) -> str:
+    """``text`` without its ``/* ... */`` comments (the sample rows), each with the line break
+    before it; comments inside strings, quoted names or ``--`` comments are not comments."""
+    parts, last = [], 0
+    for start, end in block_comments(text):
+        cut = start - 1 if start > last and text[start - 1] == "\n" else start
+        parts.append(text[last:cut])
+        last = end
+    parts.append(text[last:])
+    return "".join(parts)
 
 
 def trimmed_schemas(schema: str, sql: str) -> list[str]:
     """Shorter versions of ``schema``, most complete first: without sample rows; only the
-    tables the SQL names (with rows, then without). Each is kept only if it is shorter."""
-    no_rows = _ROWS_COMMENT.sub("", schema).strip()
+    tables the SQL names (a bare or quoted name, any case; not a word in a string) with rows,
+    then without. Each is kept only if it is shorter."""
+    no_rows = _without_block_comments(schema).strip()
     tables = split_tables(schema)
-    used = [t for t in tables if (n := table_name(t)) is None or _mentions(sql, n)]
+    names = {name.lower() for name in identifiers(sql)}
+    used = [t for t in tables if (n := table_name(t)) is None or n.lower() in names]
     out = []
-    for cand in (no_rows, "\n\n".join(used), _ROWS_COMMENT.sub("", "\n\n".join(used)).strip()):
+    for cand in (no_rows, "\n\n".join(used), _without_block_comments("\n\n".join(used)).strip()):
         if cand and len(cand) < len(schema) and cand not in out:
             out.append(cand)
     return out

@@ -26,7 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, make_dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -39,36 +39,27 @@ from mlx.utils import tree_flatten, tree_map, tree_map_with_path
 
 from ..errors import TrainingError
 from ..jsonl import write_json
+from ..training.settings import trainer_fields
 from .data import (Batch, TokenizedSet, collate, collate_packed, epoch_batches, eval_batches, packed_epoch,
                    prefix_groups, split_pieces)
 from .fastops import fast_cross_entropy, fast_llama_ops
 from .lora import save_adapter
 
 
-@dataclass
-class TrainArgs:
-    """The loop's settings (a narrow view of the full config)."""
-
-    iters: int                           # optimizer steps
-    batch_size: int = 4                  # examples per micro-batch, over all processes
-    grad_accum: int = 1                  # micro-batches per optimizer step
-    max_grad_norm: float | None = 1.0
-    grad_checkpoint: bool = False
-    train_on_prompt: bool = False
-    eval_every: int = 50
-    val_batches: int = 8                 # -1: the whole validation set
-    early_stop: int | None = None        # evaluations without improvement before stopping
-    best_metric: str = "val_loss"
-    save_every: int = 50
-    keep_checkpoints: int = 3
-    report_every: int = 10
-    seed: int = 0
-    adapter_path: str = "adapters"
-    pad_to: int = 16
-    compile: bool = True
-    fast_ops: bool = True                # polynomial exp for softmax / SiLU (see .fastops)
-    streams: int | None = None           # CPU streams a micro-batch is split over; None: auto
-    share_prefix: bool = True            # run a prompt prefix shared by several examples once
+# The loop's settings: ``iters`` (optimizer steps, worked out by the caller from iters or
+# epochs), every setting of the table in training/settings.py that names a ``trainer`` field
+# (batch_size, grad_accum, max_grad_norm, grad_checkpoint, train_on_prompt, eval_every,
+# val_batches, early_stop, best_metric, save_every, keep_checkpoints, report_every, seed,
+# adapter_path, streams, share_prefix: same defaults), and the run options below.
+TrainArgs = make_dataclass("TrainArgs", [
+    ("iters", int),
+    *trainer_fields(),
+    ("pad_to", int, 16),               # batch lengths and loss positions rounded up to a multiple
+    ("compile", bool, True),
+    ("fast_ops", bool, True),          # polynomial exp for softmax / SiLU (see .fastops)
+])
+TrainArgs.__module__ = __name__
+TrainArgs.__doc__ = "The loop's settings (a narrow view of the full config; see the table in training/settings.py)."
 
 
 # --------------------------------------------------------------------------- loss
