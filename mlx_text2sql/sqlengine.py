@@ -285,6 +285,9 @@ def _classify(e: BaseException, guard: _Guard) -> tuple[str, str]:
             or msg.startswith("not authorized"):
         reason = f"{guard.denied} is not allowed" if guard.denied else msg
         return "refused", f"{reason} (the executor is read-only)"
+    if msg.startswith("unsafe use of"):
+        return "refused", (f"{msg} (trusted_schema is off: views and triggers stored in the "
+                           "file cannot call functions with side effects)")
     if isinstance(e, apsw.ReadOnlyError) or "readonly" in msg or "read-only" in msg \
             or "query_only" in msg:
         return "refused", f"{msg} (the executor is read-only)"

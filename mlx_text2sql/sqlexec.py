@@ -95,7 +95,7 @@ MAX_VALUE_BYTES = 16 * 1024 * 1024
 CASEFOLD_COLLATION = "CASEFOLD"
 PROGRESS_EVERY = 1000  # VM instructions between deadline checks: ~10 µs of work each
 # A query still running this long after timeout_s is killed with its worker process.
-HARD_DEADLINE_GRACE_S = 0.25
+HARD_DEADLINE_GRACE_S = 0.2
 MEMORY_LIMIT_BYTES = 1024 * 1024 * 1024  # address space of one worker process
 MAX_RESULT_BYTES = 256 * 1024 * 1024     # largest pickled result a worker sends back
 MAX_WORKERS = min(8, max(2, os.cpu_count() or 1))

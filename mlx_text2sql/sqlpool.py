@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import os
 import pickle
+import queue
 import select
 import signal
 import subprocess
@@ -147,9 +148,9 @@ class _Worker:
         except OSError:
             pass
         self._close_fds()
-        # Reap it without making the caller wait (a process in uninterruptible I/O can take a
-        # while to go).
-        threading.Thread(target=self.proc.wait, daemon=True).start()
+        # Reaped by the housekeeper, not by the caller (a process in uninterruptible I/O can
+        # take a while to go).
+        _housekeeper().put(self.proc.wait)
 
 
 class Pool:
@@ -213,7 +214,28 @@ class Pool:
                 self._idle.append(worker)
             elif healthy:
                 worker.kill()
+            replace = not healthy and not self._closed and not self._idle
+            if replace:
+                self._starting += 1
             self._cond.notify()
+        if replace:
+            # A killed worker is replaced now, so that the next query does not wait for a start.
+            _housekeeper().put(self._start_spare)
+
+    def _start_spare(self) -> None:
+        worker = None
+        try:
+            worker = _Worker(self._lifeline_r, self.memory_limit, self.max_result_bytes)
+        except WorkerStartError:
+            pass  # the next query tries again and reports the error
+        finally:
+            with self._cond:
+                self._starting -= 1
+                if worker is not None and not self._closed:
+                    self._idle.insert(0, worker)
+                elif worker is not None:
+                    worker.kill()
+                self._cond.notify()
 
     def call(self, request: tuple, timeout_s: float | None, sql: str | None = None):
         """Send ``request`` to a free worker and return its reply. Raises WorkerTimeout when no
@@ -287,6 +309,29 @@ class Pool:
 
 _pool: Pool | None = None
 _pool_lock = threading.Lock()
+_chores: queue.SimpleQueue | None = None
+
+
+def _housekeeper() -> queue.SimpleQueue:
+    """A queue of chores (reaping killed workers, starting spares) that one daemon thread
+    works through, so that a caller never waits for them (starting a thread can take a while
+    on a busy machine)."""
+    global _chores
+    with _pool_lock:
+        if _chores is None:
+            _chores = queue.SimpleQueue()
+            threading.Thread(target=_do_chores, args=(_chores,), name="sqlpool-housekeeper",
+                             daemon=True).start()
+        return _chores
+
+
+def _do_chores(chores: queue.SimpleQueue) -> None:
+    while True:
+        chore = chores.get()
+        try:
+            chore()
+        except Exception:  # a chore's failure must not stop the others
+            pass
 
 
 def get_pool(max_workers: int, memory_limit: int, max_result_bytes: int) -> Pool:
@@ -319,9 +364,10 @@ def _forget_after_fork() -> None:
     # The child does not own the parent's workers; it starts its own on first use. (Its
     # copies of the pipes are closed so that the parent's workers still see the lifeline
     # close when the parent goes.)
-    global _pool, _pool_lock
+    global _pool, _pool_lock, _chores
     pool, _pool = _pool, None
     _pool_lock = threading.Lock()
+    _chores = None  # the housekeeper thread does not exist in the child
     if pool is not None:
         fds = [pool._lifeline_r, pool._lifeline_w]
         for w in pool._idle + list(pool._busy):
