@@ -17,20 +17,30 @@ What is blocked, and by which layer
    ``EXPLAIN``) are refused, and text starting with any other word (prose, a typo) is a syntax
    error. ``WITH x AS (...) INSERT ...`` passes this check and is stopped by the layers below,
    which do not rely on it: the authorizer alone refuses every statement listed here except a
-   bare ``REINDEX`` (SQLite does not consult it), which the read-only open refuses.
+   bare ``REINDEX`` (SQLite does not consult it), which the read-only open refuses. A statement
+   tracer on the connection also stops any second statement before it runs.
 2. **Read-only, immutable open.** The file is opened through the URI
    ``file:<path>?mode=ro&immutable=1``: SQLite cannot write it, takes no locks and creates no
    ``-journal``/``-wal``/``-shm`` files beside it (a database in WAL mode with a live ``-wal``
-   file is opened ``mode=ro`` without ``immutable``, so committed WAL content is seen). A cached
-   connection is reopened when the file's inode, size or mtime changes, so ``immutable`` never
-   serves stale pages of a file rewritten between queries.
+   file is opened ``mode=ro`` without ``immutable``, so committed WAL content is seen). The
+   file is stat-ed before every query and a cached connection is reopened when its device,
+   inode, size or mtime changes, so ``immutable`` never serves stale pages of a file replaced,
+   truncated or rewritten between queries. Only regular, non-empty files are opened (a FIFO
+   would block the open; a directory or an empty file is ``kind="no_database"``).
 3. **Connection settings**, applied before the authorizer is installed: ``PRAGMA query_only=1``
-   (SQLite refuses any change, including ``CREATE TEMP TABLE``), ``PRAGMA trusted_schema=0``
-   (functions with side effects cannot run from views or triggers stored in the file), and
-   limits: no attached databases (``SQLITE_LIMIT_ATTACHED=0``) and strings/blobs capped at
-   ``MAX_VALUE_BYTES`` (``zeroblob(2e9)`` cannot exhaust memory). Extension loading is never
-   enabled (``enable_load_extension`` is not called; many Python builds lack it entirely).
-4. **Authorizer** (``set_authorizer``), deny by default. Allowed: reading tables and columns
+   (SQLite refuses any change, including ``CREATE TEMP TABLE``), trusted schema off
+   (functions with side effects cannot run from views or triggers stored in the file),
+   ``temp_store=MEMORY`` (sorts and temporary b-trees never write a file), defensive mode,
+   extension loading and ATTACH's creating or writing files switched off
+   (``sqlite3_db_config``), and limits: no attached databases (``SQLITE_LIMIT_ATTACHED=0``) and
+   strings/blobs capped at ``MAX_VALUE_BYTES`` (``zeroblob(2e9)`` and
+   ``printf('%.*c', 2e9, 'x')`` fail at once). **Double-quoted strings are off**
+   (``SQLITE_DBCONFIG_DQS_DML``/``DQS_DDL``): a double-quoted name is an identifier, and
+   ``SELECT "no_such_column" FROM t`` is an error (``no such column``) instead of returning the
+   text, so a wrong column name cannot look like valid SQL; ``double_quoted_strings=True`` (or
+   ``DOUBLE_QUOTED_STRINGS``) restores SQLite's legacy fallback for data written that way
+   (Spider's gold SQL writes ``WHERE name = "Alice"``).
+4. **Authorizer**, deny by default. Allowed: reading tables and columns
    (``SQLITE_SELECT``, ``SQLITE_READ``), recursive CTEs (``SQLITE_RECURSIVE``), SQLite's built-in
    functions except those in ``DENIED_FUNCTIONS`` (``load_extension`` loads native code,
    ``fts3_tokenizer`` can register a C pointer, ``readfile``/``writefile``/``edit``/``lsdir``
@@ -41,17 +51,31 @@ What is blocked, and by which layer
    table-valued ``pragma_table_info(...)`` forms (no query needs them: the schema is in the
    prompt), transactions and savepoints, ``ANALYZE``, ``REINDEX``, virtual-table creation.
    The first denial's reason is kept and put into the error message.
-5. **Time limit.** A progress handler runs every ``PROGRESS_EVERY`` virtual-machine steps and
-   interrupts the query once ``timeout_s`` has passed, during execution and while rows are
-   fetched: runaway recursive CTEs and huge cross joins stop within a few milliseconds of the
-   limit.
-6. **Row cap.** Rows are fetched in chunks; past ``max_rows`` the query stops with
-   ``kind="too_many_rows"`` (or, with ``truncate=True``, the first ``max_rows`` rows come back
-   with ``truncated=True``), so ``SELECT * FROM a, b, c`` cannot fill memory.
+5. **Time limit inside SQLite.** A progress handler runs every ``PROGRESS_EVERY``
+   virtual-machine steps and interrupts the query once ``timeout_s`` has passed (counted from
+   when the worker receives it: opening, execution and fetching): runaway recursive CTEs and
+   huge cross joins stop within a few milliseconds of the limit, and the worker stays.
+6. **Hard deadline: a worker process per query, killed when late.** The handler of layer 5
+   runs only between virtual-machine steps, so work inside one built-in function call
+   (``instr``, ``replace``, ``trim`` or ``LIKE`` over megabyte operands grow quadratically)
+   cannot be interrupted from inside. Every query therefore runs in a worker process
+   (:mod:`mlx_text2sql.sqlpool`, :mod:`mlx_text2sql.sqlworker`); a worker that has not answered
+   ``timeout_s + HARD_DEADLINE_GRACE_S`` after the query reached it is killed with SIGKILL and
+   replaced, and the caller gets ``kind="timeout"``. No query, whatever it does, holds a caller
+   past that (``timeout_s=None`` or 0: no limit; ``execute_on_schema`` adds
+   ``SCHEMA_BUILD_TIMEOUT_S`` for building the schema). A worker that dies (killed from outside,
+   crashed) gives that query ``kind="error"``; the next query runs on a new worker.
+7. **Memory cap per worker.** Each worker caps its own address space at ``MEMORY_LIMIT_BYTES``
+   (``RLIMIT_AS``) and SQLite's heap at half of it: a query that tries to build gigabytes fails
+   with ``kind="memory"``, in the worker, and no result larger than ``MAX_RESULT_BYTES`` is sent
+   back, so the calling process's footprint stays bounded. Core dumps are off in workers.
+8. **Row cap.** Rows are fetched up to ``max_rows + 1`` in the worker; past ``max_rows`` the
+   query stops with ``kind="too_many_rows"`` (or, with ``truncate=True``, the first ``max_rows``
+   rows come back with ``truncated=True``), so ``SELECT * FROM a, b, c`` cannot fill memory.
 
 Errors are :class:`~mlx_text2sql.errors.SQLExecutionError` with ``.kind`` one of ``"syntax"``,
-``"refused"``, ``"timeout"``, ``"too_many_rows"``, ``"no_database"``, ``"error"`` and a message
-naming the database and SQLite's own words.
+``"refused"``, ``"timeout"``, ``"memory"``, ``"too_many_rows"``, ``"no_database"``, ``"error"``
+and a message naming the database and SQLite's own words.
 
 :func:`execute_on_schema` builds an empty in-memory database from a record's CREATE TABLE
 text (for data without a database file); the text is data too, so while it builds only
@@ -62,10 +86,21 @@ guards as above apply.
 Every connection also carries the collation ``CASEFOLD`` (Unicode case-insensitive, Python's
 ``str.casefold``), which :func:`mlx_text2sql.metrics.case_insensitive_sql` uses for WikiSQL.
 
-Connections are cached per thread and per database path (LRU of ``MAX_OPEN_CONNECTIONS``), so
-evaluating thousands of queries does not reopen files; :func:`close_all` closes this thread's.
-Text that is not valid UTF-8 (some Spider databases hold Latin-1 bytes) is decoded with
-replacement characters instead of failing the query.
+Workers
+=======
+
+Connections are ``apsw`` connections (apsw ships a current SQLite and exposes
+``sqlite3_db_config``). The pool starts its first worker on the first query, grows to
+``MAX_WORKERS`` as concurrent threads need them (each caller gets its own reply; a
+single-threaded caller always reuses one worker), and each worker caches connections per
+database file (LRU of ``MAX_OPEN_CONNECTIONS``), so evaluating thousands of queries neither
+starts processes nor reopens files; rows come back as one pickled list. Workers are fresh
+interpreters (started with ``subprocess``, never forked from a process that may hold MLX or
+BLAS threads) that import only the standard library, apsw and the executor's modules; they
+exit when this process exits or dies (a lifeline pipe), and :func:`shutdown` stops them.
+:func:`close_all` closes their cached connections. Text that is not valid UTF-8 (some Spider
+databases hold Latin-1 bytes) is decoded with replacement characters instead of failing the
+query.
 
 Pure Python: no MLX import.
 """
