@@ -298,8 +298,22 @@ class Pool:
             self._closed = True
             workers, self._idle = self._idle + list(self._busy), []
             self._cond.notify_all()
+        # Idle workers exit on their own once their request pipe closes (and are reaped here,
+        # so their CPU time is accounted to this process); busy or stuck ones are killed.
         for worker in workers:
-            worker.kill()
+            if worker.req >= 0:
+                os.close(worker.req)
+                worker.req = -1
+        deadline = time.monotonic() + 1.0
+        for worker in workers:
+            try:
+                worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            if worker.proc.returncode is None:
+                worker.kill()
+            else:
+                worker._close_fds()
         for fd in (self._lifeline_r, self._lifeline_w):
             try:
                 os.close(fd)
