@@ -303,6 +303,7 @@ def _eval_records(tmp_path, db, n):
     return path, recs
 
 
+@pytest.mark.slow
 def test_evaluation_with_workers_killed_at_random_scores_every_example(db, untouched, tmp_path,
                                                                        capsys):
     data, recs = _eval_records(tmp_path, db, 30)
