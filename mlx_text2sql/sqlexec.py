@@ -17,20 +17,30 @@ What is blocked, and by which layer
    ``EXPLAIN``) are refused, and text starting with any other word (prose, a typo) is a syntax
    error. ``WITH x AS (...) INSERT ...`` passes this check and is stopped by the layers below,
    which do not rely on it: the authorizer alone refuses every statement listed here except a
-   bare ``REINDEX`` (SQLite does not consult it), which the read-only open refuses.
+   bare ``REINDEX`` (SQLite does not consult it), which the read-only open refuses. A statement
+   tracer on the connection also stops any second statement before it runs.
 2. **Read-only, immutable open.** The file is opened through the URI
    ``file:<path>?mode=ro&immutable=1``: SQLite cannot write it, takes no locks and creates no
    ``-journal``/``-wal``/``-shm`` files beside it (a database in WAL mode with a live ``-wal``
-   file is opened ``mode=ro`` without ``immutable``, so committed WAL content is seen). A cached
-   connection is reopened when the file's inode, size or mtime changes, so ``immutable`` never
-   serves stale pages of a file rewritten between queries.
+   file is opened ``mode=ro`` without ``immutable``, so committed WAL content is seen). The
+   file is stat-ed before every query and a cached connection is reopened when its device,
+   inode, size or mtime changes, so ``immutable`` never serves stale pages of a file replaced,
+   truncated or rewritten between queries. Only regular, non-empty files are opened (a FIFO
+   would block the open; a directory or an empty file is ``kind="no_database"``).
 3. **Connection settings**, applied before the authorizer is installed: ``PRAGMA query_only=1``
-   (SQLite refuses any change, including ``CREATE TEMP TABLE``), ``PRAGMA trusted_schema=0``
-   (functions with side effects cannot run from views or triggers stored in the file), and
-   limits: no attached databases (``SQLITE_LIMIT_ATTACHED=0``) and strings/blobs capped at
-   ``MAX_VALUE_BYTES`` (``zeroblob(2e9)`` cannot exhaust memory). Extension loading is never
-   enabled (``enable_load_extension`` is not called; many Python builds lack it entirely).
-4. **Authorizer** (``set_authorizer``), deny by default. Allowed: reading tables and columns
+   (SQLite refuses any change, including ``CREATE TEMP TABLE``), trusted schema off
+   (functions with side effects cannot run from views or triggers stored in the file),
+   ``temp_store=MEMORY`` (sorts and temporary b-trees never write a file), defensive mode,
+   extension loading and ATTACH's creating or writing files switched off
+   (``sqlite3_db_config``), and limits: no attached databases (``SQLITE_LIMIT_ATTACHED=0``) and
+   strings/blobs capped at ``MAX_VALUE_BYTES`` (``zeroblob(2e9)`` and
+   ``printf('%.*c', 2e9, 'x')`` fail at once). **Double-quoted strings are off**
+   (``SQLITE_DBCONFIG_DQS_DML``/``DQS_DDL``): a double-quoted name is an identifier, and
+   ``SELECT "no_such_column" FROM t`` is an error (``no such column``) instead of returning the
+   text, so a wrong column name cannot look like valid SQL; ``double_quoted_strings=True`` (or
+   ``DOUBLE_QUOTED_STRINGS``) restores SQLite's legacy fallback for data written that way
+   (Spider's gold SQL writes ``WHERE name = "Alice"``).
+4. **Authorizer**, deny by default. Allowed: reading tables and columns
    (``SQLITE_SELECT``, ``SQLITE_READ``), recursive CTEs (``SQLITE_RECURSIVE``), SQLite's built-in
    functions except those in ``DENIED_FUNCTIONS`` (``load_extension`` loads native code,
    ``fts3_tokenizer`` can register a C pointer, ``readfile``/``writefile``/``edit``/``lsdir``
@@ -41,17 +51,31 @@ What is blocked, and by which layer
    table-valued ``pragma_table_info(...)`` forms (no query needs them: the schema is in the
    prompt), transactions and savepoints, ``ANALYZE``, ``REINDEX``, virtual-table creation.
    The first denial's reason is kept and put into the error message.
-5. **Time limit.** A progress handler runs every ``PROGRESS_EVERY`` virtual-machine steps and
-   interrupts the query once ``timeout_s`` has passed, during execution and while rows are
-   fetched: runaway recursive CTEs and huge cross joins stop within a few milliseconds of the
-   limit.
-6. **Row cap.** Rows are fetched in chunks; past ``max_rows`` the query stops with
-   ``kind="too_many_rows"`` (or, with ``truncate=True``, the first ``max_rows`` rows come back
-   with ``truncated=True``), so ``SELECT * FROM a, b, c`` cannot fill memory.
+5. **Time limit inside SQLite.** A progress handler runs every ``PROGRESS_EVERY``
+   virtual-machine steps and interrupts the query once ``timeout_s`` has passed (counted from
+   when the worker receives it: opening, execution and fetching): runaway recursive CTEs and
+   huge cross joins stop within a few milliseconds of the limit, and the worker stays.
+6. **Hard deadline: a worker process per query, killed when late.** The handler of layer 5
+   runs only between virtual-machine steps, so work inside one built-in function call
+   (``instr``, ``replace``, ``trim`` or ``LIKE`` over megabyte operands grow quadratically)
+   cannot be interrupted from inside. Every query therefore runs in a worker process
+   (:mod:`mlx_text2sql.sqlpool`, :mod:`mlx_text2sql.sqlworker`); a worker that has not answered
+   ``timeout_s + HARD_DEADLINE_GRACE_S`` after the query reached it is killed with SIGKILL and
+   replaced, and the caller gets ``kind="timeout"``. No query, whatever it does, holds a caller
+   past that (``timeout_s=None`` or 0: no limit; ``execute_on_schema`` adds
+   ``SCHEMA_BUILD_TIMEOUT_S`` for building the schema). A worker that dies (killed from outside,
+   crashed) gives that query ``kind="error"``; the next query runs on a new worker.
+7. **Memory cap per worker.** Each worker caps its own address space at ``MEMORY_LIMIT_BYTES``
+   (``RLIMIT_AS``) and SQLite's heap at half of it: a query that tries to build gigabytes fails
+   with ``kind="memory"``, in the worker, and no result larger than ``MAX_RESULT_BYTES`` is sent
+   back, so the calling process's footprint stays bounded. Core dumps are off in workers.
+8. **Row cap.** Rows are fetched up to ``max_rows + 1`` in the worker; past ``max_rows`` the
+   query stops with ``kind="too_many_rows"`` (or, with ``truncate=True``, the first ``max_rows``
+   rows come back with ``truncated=True``), so ``SELECT * FROM a, b, c`` cannot fill memory.
 
 Errors are :class:`~mlx_text2sql.errors.SQLExecutionError` with ``.kind`` one of ``"syntax"``,
-``"refused"``, ``"timeout"``, ``"too_many_rows"``, ``"no_database"``, ``"error"`` and a message
-naming the database and SQLite's own words.
+``"refused"``, ``"timeout"``, ``"memory"``, ``"too_many_rows"``, ``"no_database"``, ``"error"``
+and a message naming the database and SQLite's own words.
 
 :func:`execute_on_schema` builds an empty in-memory database from a record's CREATE TABLE
 text (for data without a database file); the text is data too, so while it builds only
@@ -62,10 +86,21 @@ guards as above apply.
 Every connection also carries the collation ``CASEFOLD`` (Unicode case-insensitive, Python's
 ``str.casefold``), which :func:`mlx_text2sql.metrics.case_insensitive_sql` uses for WikiSQL.
 
-Connections are cached per thread and per database path (LRU of ``MAX_OPEN_CONNECTIONS``), so
-evaluating thousands of queries does not reopen files; :func:`close_all` closes this thread's.
-Text that is not valid UTF-8 (some Spider databases hold Latin-1 bytes) is decoded with
-replacement characters instead of failing the query.
+Workers
+=======
+
+Connections are ``apsw`` connections (apsw ships a current SQLite and exposes
+``sqlite3_db_config``). The pool starts its first worker on the first query, grows to
+``MAX_WORKERS`` as concurrent threads need them (each caller gets its own reply; a
+single-threaded caller always reuses one worker), and each worker caches connections per
+database file (LRU of ``MAX_OPEN_CONNECTIONS``), so evaluating thousands of queries neither
+starts processes nor reopens files; rows come back as one pickled list. Workers are fresh
+interpreters (started with ``subprocess``, never forked from a process that may hold MLX or
+BLAS threads) that import only the standard library, apsw and the executor's modules; they
+exit when this process exits or dies (a lifeline pipe), and :func:`shutdown` stops them.
+:func:`close_all` closes their cached connections. Text that is not valid UTF-8 (some Spider
+databases hold Latin-1 bytes) is decoded with replacement characters instead of failing the
+query.
 
 Pure Python: no MLX import.
 """
@@ -75,12 +110,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import sqlite3
-import threading
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from .errors import SQLExecutionError
@@ -88,18 +118,27 @@ from .sql import lexer as sql_lexer
 
 __all__ = [
     "ExecResult", "ExecOutcome", "execute", "try_execute", "execute_on_schema",
-    "check_statement", "split_statements", "format_table", "close_all",
+    "check_statement", "split_statements", "format_table", "close_all", "shutdown",
     "DENIED_FUNCTIONS",
 ]
 
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_MAX_ROWS = 10_000
-MAX_OPEN_CONNECTIONS = 16
+MAX_OPEN_CONNECTIONS = 16  # per worker process
 MAX_VALUE_BYTES = 16 * 1024 * 1024
 # A collation every connection carries: Unicode case-insensitive comparison (SQLite's own
 # NOCASE folds ASCII letters only, so 'Şımarık' would not equal 'şımarık').
 CASEFOLD_COLLATION = "CASEFOLD"
 PROGRESS_EVERY = 1000  # VM instructions between deadline checks: ~10 µs of work each
+# A query still running this long after timeout_s is killed with its worker process.
+HARD_DEADLINE_GRACE_S = 0.2
+MEMORY_LIMIT_BYTES = 1024 * 1024 * 1024  # address space of one worker process
+MAX_RESULT_BYTES = 256 * 1024 * 1024     # largest pickled result a worker sends back
+MAX_WORKERS = min(8, max(2, os.cpu_count() or 1))
+# Whether a double-quoted name that is no column becomes a string literal (SQLite's legacy
+# fallback); execute's ``double_quoted_strings`` overrides it per call.
+DOUBLE_QUOTED_STRINGS = False
+SCHEMA_BUILD_TIMEOUT_S = 10.0
 
 ALLOWED_FIRST_KEYWORDS = ("SELECT", "WITH", "VALUES")
 
@@ -117,23 +156,6 @@ REFUSED_FIRST_KEYWORDS = frozenset({
     "DETACH", "PRAGMA", "VACUUM", "REINDEX", "ANALYZE", "BEGIN", "COMMIT", "END", "ROLLBACK",
     "SAVEPOINT", "RELEASE", "EXPLAIN",
 })
-
-_ALLOWED_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_RECURSIVE}
-
-_SCHEMA_BUILD_ACTIONS = {sqlite3.SQLITE_CREATE_TABLE, sqlite3.SQLITE_CREATE_INDEX,
-                         sqlite3.SQLITE_CREATE_VIEW, sqlite3.SQLITE_INSERT,
-                         sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_REINDEX}
-SCHEMA_BUILD_TIMEOUT_S = 10.0
-
-_ACTION_NAMES = {getattr(sqlite3, n): n[len("SQLITE_"):] for n in dir(sqlite3)
-                 if n.startswith("SQLITE_") and n[len("SQLITE_"):] in {
-                     "ALTER_TABLE", "ANALYZE", "ATTACH", "CREATE_INDEX", "CREATE_TABLE",
-                     "CREATE_TEMP_INDEX", "CREATE_TEMP_TABLE", "CREATE_TEMP_TRIGGER",
-                     "CREATE_TEMP_VIEW", "CREATE_TRIGGER", "CREATE_VIEW", "CREATE_VTABLE",
-                     "DELETE", "DETACH", "DROP_INDEX", "DROP_TABLE", "DROP_TEMP_INDEX",
-                     "DROP_TEMP_TABLE", "DROP_TEMP_TRIGGER", "DROP_TEMP_VIEW", "DROP_TRIGGER",
-                     "DROP_VIEW", "DROP_VTABLE", "FUNCTION", "INSERT", "PRAGMA", "READ",
-                     "REINDEX", "SAVEPOINT", "SELECT", "TRANSACTION", "UPDATE", "RECURSIVE"}}
 
 
 # --------------------------------------------------------------------------- results
@@ -222,286 +244,81 @@ def check_statement(sql: str, where: str = "<sql>") -> str:
     return stmt
 
 
-# --------------------------------------------------------------------------- guarded connection
-
-class _Guard:
-    """Authorizer + progress handler state of one connection."""
-
-    def __init__(self) -> None:
-        self.deadline: float | None = None
-        self.timed_out = False
-        self.denied: str | None = None
-
-    def authorize(self, action: int, arg1, arg2, db_name, source) -> int:
-        if action in _ALLOWED_ACTIONS:
-            return sqlite3.SQLITE_OK
-        if action == sqlite3.SQLITE_FUNCTION:
-            if (arg2 or "").lower() not in DENIED_FUNCTIONS:
-                return sqlite3.SQLITE_OK
-            what = f"function {arg2}()"
-        elif action == sqlite3.SQLITE_PRAGMA:
-            what = f"PRAGMA {arg1}" + (f" = {arg2}" if arg2 is not None else "")
-        else:
-            name = _ACTION_NAMES.get(action, f"action {action}").replace("_", " ")
-            target = arg1 or arg2
-            what = name + (f" {target}" if target else "")
-        if self.denied is None:
-            self.denied = what
-        return sqlite3.SQLITE_DENY
-
-    def authorize_schema_build(self, action: int, arg1, arg2, db_name, source) -> int:
-        """While a record's schema text builds an in-memory database: creating tables,
-        indexes and views and inserting rows in ``main`` is also allowed."""
-        if action in _SCHEMA_BUILD_ACTIONS and db_name in ("main", None):
-            return sqlite3.SQLITE_OK
-        return self.authorize(action, arg1, arg2, db_name, source)
-
-    def progress(self) -> int:
-        if self.deadline is not None and time.perf_counter() > self.deadline:
-            self.timed_out = True
-            return 1  # non-zero interrupts the statement
-        return 0
-
-
-@dataclass
-class _Conn:
-    conn: sqlite3.Connection
-    guard: _Guard
-    signature: tuple = ()
-    lenient_text: bool = False
-
-
-def _casefold_compare(a: str, b: str) -> int:
-    a, b = a.casefold(), b.casefold()
-    return (a > b) - (a < b)
-
-
-def _lenient_text(b: bytes) -> str:
-    return b.decode("utf-8", "replace")
-
-
-def _harden(conn: sqlite3.Connection) -> _Guard:
-    # Settings first: once the authorizer is in place these PRAGMAs would be denied too.
-    conn.execute("PRAGMA query_only = 1")
-    try:
-        conn.execute("PRAGMA trusted_schema = 0")
-    except sqlite3.DatabaseError:  # SQLite < 3.31 has no trusted_schema; nothing to turn off
-        pass
-    if hasattr(conn, "setlimit"):  # Python >= 3.11
-        conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
-        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
-    conn.create_collation(CASEFOLD_COLLATION, _casefold_compare)
-    guard = _Guard()
-    conn.set_authorizer(guard.authorize)
-    conn.set_progress_handler(guard.progress, PROGRESS_EVERY)
-    return guard
-
-
-class _Cache(threading.local):
-    def __init__(self) -> None:
-        self.files: OrderedDict[str, _Conn] = OrderedDict()
-        self.schemas: OrderedDict[str, _Conn] = OrderedDict()
-
-
-_cache = _Cache()
-
-
-def _evict(table: OrderedDict, keep: int) -> None:
-    while len(table) > keep:
-        _, old = table.popitem(last=False)
-        old.conn.close()
-
-
-def close_all() -> None:
-    """Close this thread's cached connections (they are reopened on demand)."""
-    for table in (_cache.files, _cache.schemas):
-        while table:
-            table.popitem()[1].conn.close()
-
-
-def _file_connection(db_path: str | os.PathLike) -> tuple[_Conn, str]:
-    path = Path(db_path)
-    shown = str(db_path)
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise SQLExecutionError(f"no database at {shown}: the file does not exist",
-                                kind="no_database") from None
-    except OSError as e:
-        raise SQLExecutionError(f"no database at {shown}: {e.strerror}",
-                                kind="no_database") from None
-    if not path.is_file():
-        raise SQLExecutionError(f"no database at {shown}: not a regular file", kind="no_database")
-    if st.st_size == 0:
-        # SQLite would treat it as a valid database without tables: every query would fail
-        # with "no such table", blaming the query for a missing database.
-        raise SQLExecutionError(f"no database at {shown}: the file is empty (0 bytes)",
-                                kind="no_database")
-    key = str(path.resolve())
-    signature = (st.st_ino, st.st_size, st.st_mtime_ns)
-    cached = _cache.files.get(key)
-    if cached is not None:
-        if cached.signature == signature:
-            _cache.files.move_to_end(key)
-            return cached, shown
-        cached.conn.close()
-        del _cache.files[key]
-
-    wal = Path(key + "-wal")
-    live_wal = wal.exists() and wal.stat().st_size > 0
-    # immutable=1: no locking and no journal/-wal/-shm files; only safe when no -wal file
-    # holds committed pages that the main file lacks.
-    uri = Path(key).as_uri() + ("?mode=ro" if live_wal else "?mode=ro&immutable=1")
-    try:
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=True)
-        # Reading the schema now turns "file is not a database" into an open-time error.
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        guard = _harden(conn)
-    except sqlite3.DatabaseError as e:
-        raise SQLExecutionError(f"no database at {shown}: {e}", kind="no_database") from None
-    entry = _Conn(conn, guard, signature)
-    _cache.files[key] = entry
-    _evict(_cache.files, MAX_OPEN_CONNECTIONS)
-    return entry, shown
-
-
-def _schema_connection(schema_sql: str) -> tuple[_Conn, str]:
-    key = hashlib.sha1(schema_sql.encode("utf-8")).hexdigest()
-    shown = f"<in-memory schema {key[:8]}>"
-    cached = _cache.schemas.get(key)
-    if cached is not None:
-        _cache.schemas.move_to_end(key)
-        return cached, shown
-    conn = sqlite3.connect(":memory:", isolation_level=None)
-    # The schema text comes from a data file: while it builds, only tables, indexes, views
-    # and rows in this in-memory database may be created (no ATTACH of a real file, no
-    # pragmas, no extensions), and a runaway INSERT ... SELECT is stopped by the clock.
-    build = _Guard()
-    build.deadline = time.perf_counter() + SCHEMA_BUILD_TIMEOUT_S
-    conn.set_authorizer(build.authorize_schema_build)
-    conn.set_progress_handler(build.progress, PROGRESS_EVERY)
-    try:
-        conn.executescript(schema_sql)
-    except sqlite3.DatabaseError as e:
-        conn.close()
-        reason = f"{build.denied} is not allowed in a schema" if build.denied else str(e)
-        if build.timed_out:
-            reason = f"building it took more than {SCHEMA_BUILD_TIMEOUT_S:g} s"
-        raise SQLExecutionError(f"no database at {shown}: the schema does not build ({reason})",
-                                kind="no_database") from None
-    conn.set_authorizer(None)
-    conn.set_progress_handler(None, 0)
-    entry = _Conn(conn, _harden(conn))
-    _cache.schemas[key] = entry
-    _evict(_cache.schemas, MAX_OPEN_CONNECTIONS)
-    return entry, shown
-
-
 # --------------------------------------------------------------------------- execution
 
-_SYNTAX_MARKERS = ("syntax error", "incomplete input", "unrecognized token", "unterminated")
+def _limits():
+    from .sqlengine import Limits
+
+    return Limits(MAX_OPEN_CONNECTIONS, SCHEMA_BUILD_TIMEOUT_S, MAX_VALUE_BYTES, PROGRESS_EVERY)
 
 
-def _classify(e: sqlite3.Error, guard: _Guard) -> tuple[str, str]:
-    msg = str(e)
-    if guard.timed_out or getattr(e, "sqlite_errorname", "") == "SQLITE_INTERRUPT":
-        return "timeout", msg
-    if guard.denied is not None or msg.startswith("not authorized"):
-        reason = f"{guard.denied} is not allowed" if guard.denied else msg
-        return "refused", f"{reason} (the executor is read-only)"
-    if "readonly" in msg or "read-only" in msg or "query_only" in msg:
-        return "refused", f"{msg} (the executor is read-only)"
-    if any(m in msg for m in _SYNTAX_MARKERS):
-        return "syntax", msg
-    if isinstance(e, sqlite3.ProgrammingError) and "one statement" in msg:
-        return "refused", "only one statement may run at a time"
-    return "error", msg
+def _get_pool():
+    from . import sqlpool
+
+    return sqlpool.get_pool(MAX_WORKERS, MEMORY_LIMIT_BYTES, MAX_RESULT_BYTES)
 
 
-_KIND_WORDS = {"syntax": "syntax error", "refused": "SQL refused", "timeout": "SQL timed out",
-               "error": "SQL error"}
+def _dispatch(kind: str, target: str, shown: str, sql: str, timeout_s: float | None,
+              max_rows: int, truncate: bool, double_quoted_strings: bool | None) -> ExecResult:
+    from . import sqlpool
 
-
-def _run(entry: _Conn, shown: str, sql: str, timeout_s: float | None, max_rows: int,
-         truncate: bool) -> ExecResult:
-    stmt = check_statement(sql, shown)
-    guard = entry.guard
-    guard.denied, guard.timed_out = None, False
-    conn = entry.conn
-    for attempt in (0, 1):
-        start = time.perf_counter()
-        guard.deadline = start + timeout_s if timeout_s and timeout_s > 0 else None
-        cursor = None
-        try:
-            cursor = conn.execute(stmt)
-            columns = [d[0] for d in cursor.description or ()]
-            rows: list[tuple] = []
-            truncated = False
-            chunk = max(1, min(1000, max_rows + 1))
-            while True:
-                batch = cursor.fetchmany(chunk)
-                if not batch:
-                    break
-                rows.extend(batch)
-                if len(rows) > max_rows:
-                    if not truncate:
-                        raise SQLExecutionError(
-                            f"SQL returned too many rows on {shown}: more than {max_rows} "
-                            "(raise max_rows, or add LIMIT)", sql, "too_many_rows")
-                    del rows[max_rows:]
-                    truncated = True
-                    break
-            return ExecResult(columns, rows, time.perf_counter() - start, truncated,
-                              shown, sql)
-        except sqlite3.OperationalError as e:
-            # Invalid UTF-8 in a text cell: retry once decoding with replacement characters.
-            if attempt == 0 and not entry.lenient_text and "decode" in str(e).lower():
-                entry.lenient_text = True
-                conn.text_factory = _lenient_text
-                continue
-            kind, detail = _classify(e, guard)
-            raise _error(kind, detail, shown, sql, timeout_s) from None
-        except (sqlite3.DatabaseError, sqlite3.ProgrammingError, sqlite3.Warning,
-                OverflowError, MemoryError) as e:
-            if isinstance(e, sqlite3.Error):
-                kind, detail = _classify(e, guard)
-            else:
-                kind, detail = "error", f"{type(e).__name__}: {e}"
-            raise _error(kind, detail, shown, sql, timeout_s) from None
-        finally:
-            guard.deadline = None
-            if cursor is not None:
-                cursor.close()
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _error(kind: str, detail: str, shown: str, sql: str, timeout_s) -> SQLExecutionError:
-    if kind == "timeout":
-        return SQLExecutionError(
-            f"SQL timed out on {shown}: stopped after {timeout_s:g} s (timeout_s)", sql, kind)
-    return SQLExecutionError(f"{_KIND_WORDS[kind]} on {shown}: {detail}", sql, kind)
+    dqs = DOUBLE_QUOTED_STRINGS if double_quoted_strings is None else bool(double_quoted_strings)
+    limited = bool(timeout_s) and timeout_s > 0
+    # The worker stops the query itself at timeout_s (layer 5); the kill at the hard deadline
+    # is for work SQLite cannot interrupt. Building a schema has its own limit on top.
+    hard = None
+    if limited:
+        hard = timeout_s + HARD_DEADLINE_GRACE_S + (SCHEMA_BUILD_TIMEOUT_S if kind == "schema"
+                                                    else 0.0)
+    request = ("run", kind, target, shown, sql, timeout_s if limited else None, int(max_rows),
+               bool(truncate), dqs, _limits())
+    try:
+        reply = _get_pool().call(request, hard, sql)
+    except sqlpool.WorkerTimeout:
+        raise SQLExecutionError(
+            f"SQL timed out on {shown}: stopped after {timeout_s:g} s (timeout_s); the query "
+            "did not yield to the time limit, so the worker process running it was killed",
+            sql, "timeout") from None
+    except sqlpool.WorkerDied as e:
+        kind_ = "memory" if e.out_of_memory else "error"
+        raise SQLExecutionError(f"SQL error on {shown}: {e}; the query's result is lost (the "
+                                "next query starts a new worker)", sql, kind_) from None
+    except sqlpool.WorkerStartError as e:
+        raise SQLExecutionError(f"SQL error on {shown}: {e}", sql, "error") from None
+    if reply[0] == "ok":
+        _, columns, rows, elapsed, truncated = reply
+        return ExecResult(columns, rows, elapsed, truncated, shown, sql)
+    _, message, kind_, err_sql = reply
+    raise SQLExecutionError(message, err_sql, kind_)
 
 
 def execute(db_path: str | os.PathLike, sql: str, *, timeout_s: float | None = DEFAULT_TIMEOUT_S,
-            max_rows: int = DEFAULT_MAX_ROWS, truncate: bool = False) -> ExecResult:
+            max_rows: int = DEFAULT_MAX_ROWS, truncate: bool = False,
+            double_quoted_strings: bool | None = None) -> ExecResult:
     """Run one read-only query on the SQLite file ``db_path``.
 
-    ``timeout_s`` bounds execution and fetching (``None`` or 0: no limit). More than
+    ``timeout_s`` bounds opening, execution and fetching (``None`` or 0: no limit); the call
+    returns within ``timeout_s + HARD_DEADLINE_GRACE_S`` whatever the query does. More than
     ``max_rows`` rows raise ``kind="too_many_rows"``, or with ``truncate=True`` return the first
-    ``max_rows`` with ``truncated=True``. Raises :class:`SQLExecutionError`.
+    ``max_rows`` with ``truncated=True``. ``double_quoted_strings=True`` lets a double-quoted
+    name that is no column be a string literal, as old SQLite did (default
+    ``DOUBLE_QUOTED_STRINGS``: no, it is an error). Raises :class:`SQLExecutionError`.
     """
-    entry, shown = _file_connection(db_path)
-    return _run(entry, shown, sql, timeout_s, max_rows, truncate)
+    return _dispatch("file", os.path.abspath(os.fspath(db_path)), str(db_path), sql,
+                     timeout_s, max_rows, truncate, double_quoted_strings)
 
 
 def execute_on_schema(schema_sql: str, sql: str, *, timeout_s: float | None = DEFAULT_TIMEOUT_S,
-                      max_rows: int = DEFAULT_MAX_ROWS, truncate: bool = False) -> ExecResult:
+                      max_rows: int = DEFAULT_MAX_ROWS, truncate: bool = False,
+                      double_quoted_strings: bool | None = None) -> ExecResult:
     """Run a query on an empty in-memory database built from ``schema_sql`` (CREATE TABLE
     statements, as in a record's ``schema``). Checks that a query compiles and runs against the
     schema when no database file exists (sql-create-context, NSQL); the rows are empty-table
-    answers. Same guards and errors as :func:`execute`."""
-    entry, shown = _schema_connection(schema_sql)
-    return _run(entry, shown, sql, timeout_s, max_rows, truncate)
+    answers. Same guards and errors as :func:`execute`; building the schema may take
+    ``SCHEMA_BUILD_TIMEOUT_S`` on top of ``timeout_s``."""
+    key = hashlib.sha1(schema_sql.encode("utf-8")).hexdigest()
+    return _dispatch("schema", schema_sql, f"<in-memory schema {key[:8]}>", sql, timeout_s,
+                     max_rows, truncate, double_quoted_strings)
 
 
 def try_execute(db_path: str | os.PathLike | None, sql: str, *, schema_sql: str | None = None,
@@ -519,6 +336,23 @@ def try_execute(db_path: str | os.PathLike | None, sql: str, *, schema_sql: str 
         if e.sql is None:
             e.sql = sql
         return ExecOutcome(error=e)
+
+
+def close_all() -> None:
+    """Close the workers' cached connections (they are reopened on demand; the workers stay)."""
+    from . import sqlpool
+
+    pool = sqlpool.current_pool()
+    if pool is not None:
+        pool.broadcast(("close",))
+
+
+def shutdown() -> None:
+    """Stop the worker processes now (the next query starts new ones; they also stop when this
+    process exits)."""
+    from . import sqlpool
+
+    sqlpool.shutdown()
 
 
 # --------------------------------------------------------------------------- display

@@ -9,9 +9,10 @@ import os
 import sqlite3
 import time
 
+import apsw
 import pytest
 
-from mlx_text2sql import sqlexec
+from mlx_text2sql import sqlengine, sqlexec
 from mlx_text2sql.errors import SQLExecutionError
 from mlx_text2sql.sqlexec import (ExecResult, check_statement, execute, execute_on_schema,
                                   format_table, split_statements, try_execute)
@@ -178,10 +179,11 @@ RAW_WRITES = [s for n, s in REFUSED if ";" not in s and not s.startswith(("SELEC
 def test_connection_itself_refuses_writes_without_the_statement_check(db, tmp_path, untouched,
                                                                        sql):
     # Defence in depth: even if the lexical check were bypassed, the open mode, query_only,
-    # limits and authorizer of the cached connection refuse the statement.
-    entry, _ = sqlexec._file_connection(db)
-    with pytest.raises(sqlite3.Error):
+    # limits and authorizer of a worker's connection (built here, in this process) refuse it.
+    entry = sqlengine.Engine().file_connection(db, str(db), sqlexec._limits())
+    with pytest.raises(apsw.Error):
         entry.conn.execute(sql.format(tmp=tmp_path))
+    entry.conn.close()
     assert execute(db, "SELECT count(*) FROM nums").rows == [(1000,)]
 
 
@@ -357,11 +359,15 @@ def test_wal_database_opens_without_creating_shm_or_wal_files(tmp_path):
     assert sorted(os.listdir(tmp_path)) == before
 
 
+def _worker_stats() -> list[dict]:
+    return [reply[1] for reply in sqlexec._get_pool().broadcast(("stats",))]
+
+
 def test_connection_is_reused_for_the_same_file(db):
     execute(db, "SELECT 1")
-    first = sqlexec._file_connection(db)[0].conn
+    opened = sum(s["opened"] for s in _worker_stats())
     execute(db, "SELECT 2")
-    assert sqlexec._file_connection(db)[0].conn is first
+    assert sum(s["opened"] for s in _worker_stats()) == opened
 
 
 def test_rewritten_file_is_reopened_and_its_new_content_seen(tmp_path):
@@ -383,7 +389,7 @@ def test_cache_keeps_a_bounded_number_of_connections(tmp_path, monkeypatch):
         path = tmp_path / f"d{i}.sqlite"
         sqlite3.connect(path).execute("CREATE TABLE t (a)").connection.close()
         execute(path, "SELECT count(*) FROM t")
-    assert len(sqlexec._cache.files) == 3
+    assert max(s["files"] for s in _worker_stats()) == 3
 
 
 def test_invalid_utf8_text_is_decoded_with_replacement(tmp_path):
