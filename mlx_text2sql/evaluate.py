@@ -257,8 +257,10 @@ def _question(rec: dict, base_dir) -> Question:
     from .prompts import record_messages
 
     q = rec.get("question")
+    source = str(rec.get("source") or "").lower()
     return Question(q if isinstance(q, str) else "", db=_resolve_db(rec, base_dir), messages=record_messages(rec),
-                    case_insensitive=str(rec.get("source") or "").lower().startswith("wikisql"))
+                    case_insensitive=source.startswith("wikisql"),
+                    double_quoted_strings=True if source.startswith("spider") else None)
 
 
 def _choice(answer):

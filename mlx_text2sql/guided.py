@@ -57,6 +57,7 @@ class Item:
     db_path: str | os.PathLike | None
     question: str = ""
     case_insensitive: bool = False
+    double_quoted_strings: bool | None = None  # None: the executor's default (fallback off)
 
 
 @dataclass
@@ -90,22 +91,22 @@ class Choice:
         return out
 
 
-def _run(sql: str, db_path, case_insensitive: bool, timeout_s: float):
+def _run(sql: str, db_path, case_insensitive: bool, timeout_s: float, dqs: bool | None = None):
     if case_insensitive:
         from .metrics import case_insensitive_sql
 
         sql = case_insensitive_sql(sql)
-    return try_execute(db_path, sql, timeout_s=timeout_s, max_rows=50_000)
+    return try_execute(db_path, sql, timeout_s=timeout_s, max_rows=50_000, double_quoted_strings=dqs)
 
 
-def verdict(sql: str, db_path, *, case_insensitive: bool = False,
-            timeout_s: float = 5.0) -> tuple[str | None, tuple | None]:
+def verdict(sql: str, db_path, *, case_insensitive: bool = False, timeout_s: float = 5.0,
+            double_quoted_strings: bool | None = None) -> tuple[str | None, tuple | None]:
     """(reason, signature): why ``sql`` cannot be the answer on ``db_path`` ("error", "empty")
     or None, and for a usable query a hashable signature of its result (rows as a
     sorted multiset of case-folded cells) for voting."""
     if not sql or not sql.strip():
         return "error", None
-    outcome = _run(sql, db_path, case_insensitive, timeout_s)
+    outcome = _run(sql, db_path, case_insensitive, timeout_s, double_quoted_strings)
     if not outcome.ok:
         return "error", None
     rows = outcome.result.rows
@@ -170,7 +171,7 @@ class ExecutionGuide:
                 choices.append(Choice(reason=None, sql=it.sql))
                 continue
             reason, _ = verdict(it.sql, it.db_path, case_insensitive=it.case_insensitive,
-                                timeout_s=self.timeout_s)
+                                timeout_s=self.timeout_s, double_quoted_strings=it.double_quoted_strings)
             choices.append(Choice(reason=reason, sql=it.sql))
             if reason is not None or self.mode == "vote":
                 retry.append(i)
@@ -200,7 +201,7 @@ class ExecutionGuide:
     def _signature_of(self, it: Item, sql: str, empty_votes: bool) -> tuple | None:
         """The result signature ``sql`` votes with; None when it has no vote."""
         reason, sig = verdict(sql, it.db_path, case_insensitive=it.case_insensitive,
-                              timeout_s=self.timeout_s)
+                              timeout_s=self.timeout_s, double_quoted_strings=it.double_quoted_strings)
         if reason is None:
             return sig
         return EMPTY if reason == "empty" and empty_votes else None

@@ -31,7 +31,10 @@ execution evaluation scores them (``exact_values=True``): rows as multisets, ord
 the gold SQL has a top-level ORDER BY, columns in any order, and every value compared exactly:
 no tolerance, no case folding or stripping, and text never equals a number (``'21' != 21``;
 an int equals a float of the same value, as Python compares them). The lenient rules above are
-WikiSQL's.
+WikiSQL's. Spider's queries also run with SQLite's default reading of double quotes (a
+``"value"`` that names no column is a string), as Spider's official evaluation runs them: its
+gold SQL writes values that way (``WHERE Airline = "JetBlue Airways"``). Every other record runs
+with that fallback off, so an unknown double-quoted column is an error.
 
 For WikiSQL records (``source`` starting with ``"wikisql"``) both queries also run with
 case-insensitive string comparisons by default (:func:`case_insensitive_sql`: ``col = 'x'``
@@ -735,11 +738,12 @@ def evaluate_prediction(record: dict, pred_sql: str, *, base_dir: str | Path | N
         case_insensitive = str(source).lower().startswith("wikisql")
     if exact_values is None:
         exact_values = str(source).lower().startswith("spider")
+    spider = str(source).lower().startswith("spider")
     db_path = _resolve_db(record, base_dir)
     schema = record.get("schema") if isinstance(record.get("schema"), str) else None
     run_gold = case_insensitive_sql(gold_sql) if case_insensitive else gold_sql
     run_pred = case_insensitive_sql(pred_sql) if case_insensitive else pred_sql
-    limits = dict(timeout_s=timeout_s, max_rows=max_rows)
+    limits = dict(timeout_s=timeout_s, max_rows=max_rows, double_quoted_strings=True if spider else None)
 
     out: dict[str, Any] = {
         "id": record.get("id"), "source": source, "db_id": record.get("db_id"),

@@ -102,3 +102,16 @@ def test_source_picks_the_rules(db, pred, spider, wikisql):
         gold, spider, wikisql = "SELECT code FROM city WHERE name = 'Paris'", False, True
     assert evaluate_prediction(record(gold, db, "spider"), pred)["match"] is spider
     assert evaluate_prediction(record(gold, db, "wikisql"), pred)["match"] is wikisql
+
+
+def test_spider_reads_double_quoted_values_as_its_evaluation_does(db):
+    """Spider's gold writes values in double quotes; its records run with SQLite's default
+    reading of them. Every other source gets an error for a name that is no column."""
+    gold = 'SELECT pop FROM city WHERE name = "Paris"'
+    spider = evaluate_prediction(record(gold, db, "spider"), "SELECT pop FROM city WHERE name = 'Paris'")
+    assert spider["gold_error"] is None and spider["match"] is True
+    other = evaluate_prediction(record(gold, db, "nsql"), "SELECT pop FROM city WHERE name = 'Paris'")
+    assert other["gold_error"] and "Paris" in other["gold_error"]
+    # a double-quoted unknown column is still no answer: it returns the text, not the column
+    wrong = evaluate_prediction(record("SELECT name FROM city", db, "spider"), 'SELECT "nme" FROM city')
+    assert wrong["match"] is False

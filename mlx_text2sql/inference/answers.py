@@ -115,6 +115,8 @@ class Question:
               used as is; ``db`` / ``schema`` then only say where the query runs.
     case_insensitive: check queries with text compared without case (as WikiSQL is scored)
               in execution-guided decoding.
+    double_quoted_strings: check queries with SQLite's default reading of a ``"value"`` that
+              names no column (a string), as Spider's records are scored; None: off.
     """
 
     question: str
@@ -124,6 +126,7 @@ class Question:
     key: Any = None
     messages: list[dict] | None = None
     case_insensitive: bool = False
+    double_quoted_strings: bool | None = None
 
 
 @dataclass

@@ -41,7 +41,8 @@ def _question(item: Question | str, db, schema) -> Question:
         raise InputError(f"expected a question string or a Question, got {type(item).__name__}")
     if item.db is None and item.schema is None:  # the call's database or schema
         return Question(item.question, db=db, schema=schema, tables=item.tables, key=item.key,
-                        messages=item.messages, case_insensitive=item.case_insensitive)
+                        messages=item.messages, case_insensitive=item.case_insensitive,
+                        double_quoted_strings=item.double_quoted_strings)
     return item
 
 
@@ -134,7 +135,8 @@ class Predictor:
         from ..guided import Item
 
         items = [Item(p.messages, sql or "", str(p.db) if p.db is not None else None, p.question.question,
-                      case_insensitive=p.question.case_insensitive) for p, sql in zip(prepared, sqls)]
+                      case_insensitive=p.question.case_insensitive,
+                      double_quoted_strings=p.question.double_quoted_strings) for p, sql in zip(prepared, sqls)]
         t = time.perf_counter()
         choices = self.refiner.refine(options, items, progress=progress, announce=announce)
         spent = time.perf_counter() - t
