@@ -229,3 +229,17 @@ def test_hardness_rules(sql, level):
 def test_hardness_raises_on_malformed_structure():
     with pytest.raises((KeyError, TypeError, IndexError, ValueError)):
         hardness({"select": []})
+
+
+@pytest.mark.parametrize("sql, expected", [
+    ('SELECT name FROM author WHERE country = "UK"', "SELECT name FROM author WHERE country = 'UK'"),
+    ('SELECT "name" FROM author WHERE "country" = "it\'s"', "SELECT \"name\" FROM author WHERE \"country\" = 'it''s'"),
+    ("SELECT name FROM author WHERE country = 'UK'", "SELECT name FROM author WHERE country = 'UK'"),
+    ('SELECT count(*) FROM "Book"', 'SELECT count(*) FROM "Book"'),  # a table name, any case
+])
+def test_double_quoted_values_become_string_literals(sql, expected):
+    from mlx_text2sql.example import Column, Table
+    from mlx_text2sql.sources.spider import single_quote_values
+
+    tables = [Table("author", [Column("name"), Column("country")]), Table("book", [Column("title")])]
+    assert single_quote_values(sql, tables) == expected

@@ -257,7 +257,7 @@ class _Reader:
             self.no_hardness += 1
         return Example(
             question=" ".join(question.split()),
-            sql=squash_whitespace(query).rstrip(";").strip(),
+            sql=single_quote_values(squash_whitespace(query), schema.tables).rstrip(";").strip(),
             tables=schema.prompt_tables(self.options.sample_rows),
             source="spider",
             db_path=str(schema.db_path) if schema.db_path else None,
@@ -266,6 +266,25 @@ class _Reader:
             group=db_id,
             meta=meta,
         )
+
+
+def single_quote_values(sql: str, tables: Iterable[Table]) -> str:
+    """Spider's gold writes many values in double quotes (``WHERE Airline = "JetBlue Airways"``),
+    which SQLite reads as strings only while its double-quoted-string fallback is on; the
+    executor turns it off (an unknown double-quoted column must be an error). A double-quoted
+    token that names no table or column of the database is rewritten as a string literal, so
+    the gold runs everywhere and a model trained on it writes values the standard way."""
+    from ..sql.lexer import QUOTED, tokenize
+
+    names = {t.name.lower() for t in tables}
+    names |= {c.name.lower() for t in tables for c in t.columns}
+    out = []
+    for tok in tokenize(sql):
+        if tok.kind == QUOTED and tok.text.startswith('"') and tok.closed and tok.value.lower() not in names:
+            out.append("'" + tok.value.replace("'", "''") + "'")
+        else:
+            out.append(tok.text)
+    return "".join(out)
 
 
 def squash_whitespace(sql: str) -> str:
