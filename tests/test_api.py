@@ -1,0 +1,226 @@
+"""The public API (mlx_text2sql.api) on tiny models: load once, ask over schema text and over a
+SQLite file, batched asking in input order equal to one-by-one asking, failures as values,
+invalid input raised before any model work, timings, execution alone, raw completions."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlx_text2sql.api import NO_SQL, Answer, AskOptions, Question, Text2SQL, execute_sql
+from mlx_text2sql.errors import ConfigError, InputError
+from mlx_text2sql.prompts import build_messages
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_engine import make_programmed_model  # noqa: E402
+
+REPLY = "SELECT name FROM singer WHERE age > 30"
+SCHEMA = "CREATE TABLE singer (name TEXT, age INT)"
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    path = tmp_path_factory.mktemp("api_db") / "music.sqlite"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE singer (name TEXT, age INTEGER, country TEXT)")
+    con.executemany("INSERT INTO singer VALUES (?, ?, ?)",
+                    [("Art Long", 31, "France"), ("Mike", 40, "Ohio"), ("Butler", 25, "Kansas"), ("Zed", 52, "Peru")])
+    con.commit()
+    con.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def t2s(tmp_path_factory):
+    """Loaded once for the module: a model whose greedy reply is always REPLY."""
+    model = make_programmed_model(tmp_path_factory.mktemp("api_m"), REPLY, "chatml")
+    lines = []
+    obj = Text2SQL.load(str(model), log=lines.append)
+    assert len(lines) == 1 and lines[0].startswith(f"loaded {model}")
+    return obj
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """The batched engine's generate calls: one entry (number of prompts) per call."""
+    from mlx_text2sql.engine import SQLGenerator
+
+    seen = []
+    real = SQLGenerator.generate
+
+    def counting(self, prompts, **kw):
+        seen.append(len(prompts))
+        return real(self, prompts, **kw)
+
+    monkeypatch.setattr(SQLGenerator, "generate", counting)
+    return seen
+
+
+def test_ask_over_schema_text(t2s):
+    a = t2s.ask("who is older than 30?", schema=SCHEMA)
+    assert isinstance(a, Answer)
+    assert (a.sql, a.sql_greedy, a.reply.strip()) == (REPLY, REPLY, REPLY)
+    assert a.messages == build_messages("who is older than 30?", SCHEMA)
+    # schema text only: the query runs on an empty database built from it
+    assert (a.columns, a.rows, a.truncated, a.error_kind, a.error) == (["name"], [], False, None, None)
+    assert a.db is None and a.finish_reason == "stop" and a.n_tokens > 0 and a.n_prompt_tokens > 0
+    t = a.timings
+    assert t.decode_s > 0 and t.prompt_s >= 0 and t.execute_s > 0 and t.queue_s == 0
+    assert t.total_s >= t.decode_s and t.total_s >= t.prompt_s
+    json.dumps(a.to_dict())  # JSON-friendly
+    assert "execution" not in a.to_dict() and a.to_dict()["timings"]["decode_s"] == t.decode_s
+
+
+def test_ask_over_a_sqlite_file(t2s, db):
+    from mlx_text2sql.schema_db import schema_from_db
+
+    a = t2s.ask("who is older than 30?", db=db)
+    assert a.sql == REPLY and a.db == str(db)
+    assert a.rows == [["Art Long"], ["Mike"], ["Zed"]] and a.columns == ["name"] and not a.truncated
+    assert a.messages == build_messages("who is older than 30?", schema_from_db(db, None, 3))
+    assert t2s.messages("who is older than 30?", db=db) == a.messages
+    short = t2s.ask("who is older than 30?", db=db, options=AskOptions(max_rows=2, sample_rows=1))
+    assert short.rows == [["Art Long"], ["Mike"]] and short.truncated
+    assert "1 example rows" in short.messages[-1]["content"]
+    off = t2s.ask("who is older than 30?", db=db, options=AskOptions(execute=False))
+    assert off.sql == REPLY and off.rows is None and off.columns is None and off.error_kind is None
+
+
+def test_ask_many_keeps_input_order_and_equals_single_asks(tiny_llama, db, calls):
+    """A random model gives each question its own reply: the batch returns them in input
+    order, each the reply asking alone gives, from one engine call."""
+    model = Text2SQL.load(str(tiny_llama))
+    questions = ["how many singers?", "who is the oldest?", "list every country", "names of singers from peru",
+                 "average age?"]
+    opts = AskOptions(max_tokens=10, batch_size=2, execute=False)
+    items = [Question(q, db=db, key=f"k{i}") if i % 2 else Question(q, schema=SCHEMA, key=f"k{i}")
+             for i, q in enumerate(questions)]
+    calls.clear()
+    answers = model.ask_many(items, options=opts)
+    assert calls == [5]  # one batched call for every question
+    assert [a.key for a in answers] == [f"k{i}" for i in range(5)]
+    assert [a.question for a in answers] == questions
+    singles = [model.ask(q.question, db=q.db, schema=q.schema, options=opts) for q in items]
+    assert [a.reply for a in answers] == [s.reply for s in singles]
+    assert [a.messages for a in answers] == [s.messages for s in singles]
+    assert len({a.reply for a in answers}) > 1  # the replies differ, so the order is tested
+    # strings are asked over the call's database
+    plain = model.ask_many(questions[:2], db=db, options=opts)
+    assert [a.reply for a in plain] == [model.ask(q, db=db, options=opts).reply for q in questions[:2]]
+
+
+def test_failures_come_back_as_values(t2s, tmp_path):
+    other = tmp_path / "other.sqlite"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE band (name TEXT)")
+    con.commit()
+    con.close()
+    a = t2s.ask("who?", db=other)
+    assert a.sql == REPLY and a.rows is None
+    assert a.error_kind == "error" and "no such table" in a.error
+    chatty = Text2SQL.load(str(make_programmed_model(tmp_path / "chatty", "Sorry, no idea", "chatml")))
+    b = chatty.ask("who?", schema=SCHEMA)
+    assert b.sql is None and b.sql_greedy is None and b.error_kind == NO_SQL and "Sorry" in b.reply
+
+
+@pytest.mark.parametrize("kwargs,error,text", [
+    ({"question": "  ", "schema": SCHEMA}, InputError, "the question is empty"),
+    ({"question": "q", "db": "{tmp}/missing.sqlite"}, InputError, "database not found"),
+    ({"question": "q", "schema": "CREATE TABLE singer (name TEXT"}, InputError, "does not parse"),
+    ({"question": "q", "schema": "SELECT 1"}, InputError, "is not a CREATE TABLE statement"),
+    ({"question": "q", "schema": SCHEMA, "db": "{db}"}, ConfigError, "not both"),
+    ({"question": "q"}, ConfigError, "no schema"),
+    ({"question": "q", "db": "{db}", "tables": ["albums"]}, InputError, "no table 'albums'"),
+    ({"question": "q", "schema": SCHEMA, "options": AskOptions(max_tokens=0, top_p=2)}, ConfigError,
+     "max_tokens must be at least 1"),
+])
+def test_invalid_input_raises_before_model_work(t2s, db, tmp_path, calls, kwargs, error, text):
+    kwargs = {k: v.replace("{tmp}", str(tmp_path)).replace("{db}", str(db)) if isinstance(v, str) else v
+              for k, v in kwargs.items()}
+    question = kwargs.pop("question")
+    with pytest.raises(error) as e:
+        t2s.ask(question, **kwargs)
+    assert text in str(e.value)
+    # in a batch, the bad question fails the call before the good ones are generated
+    with pytest.raises(error):
+        t2s.ask_many([Question("fine", schema=SCHEMA), Question(question, **{k: v for k, v in kwargs.items()
+                                                                             if k != "options"})],
+                     options=kwargs.get("options"))
+    assert calls == []
+
+
+def test_bad_options_are_all_named(t2s):
+    with pytest.raises(ConfigError) as e:
+        t2s.ask("q", schema=SCHEMA, options=AskOptions(max_tokens=0, top_p=2, exec_guided=2, guided_temp=0))
+    assert {"max_tokens must be at least 1", "top_p must be in (0, 1]",
+            "guided_temp must be above 0 (the alternatives are sampled)"} <= set(e.value.problems)
+
+
+def test_value_repair_and_execution_guided_decoding(t2s, db, monkeypatch):
+    from mlx_text2sql.engine import Result, SQLGenerator
+
+    greedy = "SELECT name FROM singer WHERE country = 'Frence'"  # a miscopied value: no rows
+    empty = "SELECT name FROM singer WHERE age > 100"
+    good = "SELECT name FROM singer WHERE age > 50"
+
+    def replies(self, prompts, **kw):
+        out = []
+        for p in prompts:
+            q = p[-1]["content"].rsplit("Question: ", 1)[-1].split("\n")[0]
+            sql = (greedy if q.startswith("from") else empty) if kw["temp"] == 0 else good
+            out.append(Result(text=sql, sql=sql, n_prompt_tokens=3, n_tokens=9, seconds=0.25))
+        return out
+
+    monkeypatch.setattr(SQLGenerator, "generate", replies)
+    a, b = t2s.ask_many(["from where?", "who is over 100?"], db=db,
+                        options=AskOptions(fix_values=True, exec_guided=3))
+    assert a.sql_greedy == greedy and a.sql == greedy.replace("Frence", "France")
+    assert a.value_fixes == [{"table": "singer", "column": "country", "old": "Frence", "new": "France",
+                              "ratio": pytest.approx(0.833, abs=0.01)}]
+    assert a.guided is None and a.rows == [["Art Long"]]
+    assert b.sql_greedy == empty and b.sql == good and b.rows == [["Zed"]]
+    assert b.guided == {"reason": "empty", "changed": True, "samples": 3, "usable": 3, "votes": 3}
+    assert b.timings.guided_s > 0 and a.timings.guided_s == 0 and a.timings.decode_s == 0.25
+
+
+def test_execute_sql(db, tmp_path):
+    r = execute_sql(db, "SELECT name, age FROM singer ORDER BY age", max_rows=2)
+    assert r.columns == ["name", "age"] and r.rows == [["Butler", 25], ["Art Long", 31]] and r.truncated
+    assert r.error_kind is None and r.execute_s > 0
+    bad = execute_sql(db, "SELECT FROM WHERE")
+    assert bad.error_kind == "syntax" and bad.rows is None and "syntax" in bad.error
+    write = execute_sql(db, "DELETE FROM singer")
+    assert write.error_kind == "refused"
+    assert execute_sql(None, "SELECT name FROM singer", schema=SCHEMA).rows == []
+    with pytest.raises(InputError, match="database not found"):
+        execute_sql(tmp_path / "missing.sqlite", "SELECT 1")
+    with pytest.raises(ConfigError, match="the query is empty"):
+        execute_sql(db, " ")
+
+
+def test_complete_is_the_engines_reply(t2s, calls):
+    msgs = [build_messages("q1", SCHEMA), [{"role": "user", "content": "hello"}]]
+    out = t2s.complete(msgs, max_tokens=20)
+    assert calls == [2] and len(out) == 2
+    assert out[0].text.strip() == REPLY and out[0].finish_reason == "stop" and out[0].n_tokens > 0
+    assert out[0].text == t2s.generator.generate([msgs[0]], max_tokens=20)[0].text
+    pieces = []
+    t2s.complete([msgs[0]], max_tokens=20, stream_callback=lambda i, p: pieces.append((i, p)))
+    assert "".join(p for _, p in pieces) == out[0].text and {i for i, _ in pieces} == {0}
+    with pytest.raises(InputError):
+        t2s.complete([[{"role": "user"}]])
+    with pytest.raises(ConfigError):
+        t2s.complete(msgs, max_tokens=0)
+
+
+def test_prebuilt_messages_are_sent_as_is(t2s, db):
+    msgs = build_messages("anything", SCHEMA)
+    a = t2s.ask("anything", messages=msgs, db=db)
+    assert a.messages == msgs and a.rows == [["Art Long"], ["Mike"], ["Zed"]]
+    streamed = []
+    t2s.ask("q", schema=SCHEMA, stream_callback=streamed.append)
+    assert "".join(streamed).strip() == REPLY
