@@ -41,6 +41,7 @@ PAGE_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 DISCONNECT_POLL_S = 0.2
+DEFAULT_ROWS = 100
 
 
 def create_app(service, databases: DatabaseRegistry, *, limits: Limits | None = None,
@@ -172,11 +173,12 @@ def create_app(service, databases: DatabaseRegistry, *, limits: Limits | None = 
         at_most(req.exec_guided, limits.max_exec_guided, "exec_guided")
         if req.tables is not None and not [t for t in req.tables if t.strip()]:
             raise ApiError(422, "tables names no table (leave it out to let the server choose)", "validation_error")
-        options = AskOptions(execute=req.execute, max_rows=req.max_rows, timeout_s=limits.execute_timeout_s,
+        options = AskOptions(execute=req.execute, max_rows=req.max_rows or min(DEFAULT_ROWS, limits.max_rows), timeout_s=limits.execute_timeout_s,
                              max_tokens=req.max_tokens or limits.default_max_tokens, temp=req.temperature,
                              top_p=req.top_p, seed=req.seed, fix_values=req.fix_values,
                              exec_guided=req.exec_guided, value_hints=req.value_hints,
-                             select_schema=req.select_schema, sample_rows=req.sample_rows)
+                             select_schema=req.select_schema, sample_rows=req.sample_rows,
+                             batch_size=limits.max_batch)
         item = Question(question=req.question, db=str(db.path), tables=req.tables)
         t0 = time.perf_counter()
         answer, job = await run_job(request, "ask", item, options)
@@ -198,7 +200,8 @@ def create_app(service, databases: DatabaseRegistry, *, limits: Limits | None = 
         db = database(req.database)
         at_most(len(req.sql), limits.max_sql_chars, "the SQL's length")
         at_most(req.max_rows, limits.max_rows, "max_rows")
-        r = await run_in_threadpool(execute_sql, db.path, req.sql, max_rows=req.max_rows,
+        r = await run_in_threadpool(execute_sql, db.path, req.sql,
+                                    max_rows=req.max_rows or min(DEFAULT_ROWS, limits.max_rows),
                                     timeout_s=limits.execute_timeout_s)
         return S.ExecuteResponse(database=db.name, sql=req.sql, columns=r.columns, rows=r.rows,
                                  truncated=bool(r.truncated), error_kind=r.error_kind,

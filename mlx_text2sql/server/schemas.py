@@ -20,7 +20,7 @@ class SQLRequest(_Strict):
     database: str = Field(description="a name from GET /v1/databases")
     question: str = Field(min_length=1)
     execute: bool = True
-    max_rows: int = Field(100, ge=1)
+    max_rows: int | None = Field(None, ge=1, description="default: 100, or the server's limit when lower")
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -59,7 +59,7 @@ class SQLResponse(BaseModel):
 class ExecuteRequest(_Strict):
     database: str
     sql: str = Field(min_length=1)
-    max_rows: int = Field(100, ge=1)
+    max_rows: int | None = Field(None, ge=1, description="default: 100, or the server's limit when lower")
 
 
 class ExecuteResponse(BaseModel):
