@@ -62,7 +62,7 @@ def create_app(service, databases: DatabaseRegistry, *, limits: Limits | None = 
         from ..errors import ConfigError
 
         raise ConfigError(problems)
-    model_id = model_id or str(getattr(service, "model_name", None) or "mlx-text2sql")
+    model_id = model_id or default_model_id(service)
     batcher = Batcher(service, max_queue=limits.max_queue, max_batch=limits.max_batch,
                       window_s=limits.batch_window_s)
     created = int(time.time())
@@ -349,6 +349,17 @@ async def _watch_disconnect(request: Request, job: Job, batcher: Batcher) -> Non
             await asyncio.sleep(DISCONNECT_POLL_S)
     except asyncio.CancelledError:
         pass
+
+
+def default_model_id(service) -> str:
+    """The model's name without the server's folders: ``smollm2-135m``, ``my-model``, or with
+    an adapter ``smollm2-135m+adapters``."""
+    def short(spec: str) -> str:
+        return Path(spec).name if ("/" in spec or "\\" in spec) and Path(spec).exists() else spec
+
+    name = short(str(getattr(service, "model_name", None) or "mlx-text2sql"))
+    adapter = getattr(service, "adapter_path", None)
+    return f"{name}+{short(str(adapter))}" if adapter else name
 
 
 def _finish_reason(completion) -> str:

@@ -162,10 +162,12 @@ class Batcher:
                 self._cond.wait()
             if self._stop:
                 return None
-            # Wait a few milliseconds from the oldest arrival for others to join.
-            deadline = self._pending[0].enqueued + self.window_s
-            while (self._pending and len(self._pending) < self.max_batch and not self._stop
-                   and (left := deadline - time.perf_counter()) > 0):
+            # Wait a few milliseconds from the oldest arrival for others to join (the oldest
+            # may leave meanwhile: the window is always the current oldest one's).
+            while self._pending and len(self._pending) < self.max_batch and not self._stop:
+                left = self._pending[0].enqueued + self.window_s - time.perf_counter()
+                if left <= 0:
+                    break
                 self._cond.wait(left)
             if self._stop or not self._pending:
                 return None if self._stop else []

@@ -9,9 +9,10 @@ import time
 
 import httpx
 import pytest
-from conftest import REPLY, SCRIPT_CELL
+from serverkit import REPLY, SCRIPT_CELL
 
 from mlx_text2sql.server import Limits
+from mlx_text2sql.server.app import default_model_id
 
 
 @pytest.fixture
@@ -34,7 +35,8 @@ def test_health_and_models(server, programmed_service):
     assert h["status"] == "ok" and h["databases"] == 2 and h["auth"] is False
     models = httpx.get(server.url + "/v1/models").json()
     assert models["object"] == "list"
-    assert [m["id"] for m in models["data"]] == [h["model"]] == [programmed_service.model_name]
+    assert [m["id"] for m in models["data"]] == [h["model"]] == [default_model_id(programmed_service)]
+    assert "/" not in h["model"]  # the model folder's name, not the server's path to it
 
 
 def test_databases_list_the_schema_with_types_keys_and_row_counts(server):
@@ -138,7 +140,7 @@ def test_limits_on_question_rows_tokens_and_body(serve, programmed_service, musi
                        ({"max_tokens": 33}, "max_tokens")):
         r = httpx.post(u + "/v1/sql", json={"database": "music", "question": "q", **body})
         assert r.status_code == 422 and what in error_of(r)["message"], r.text
-    chat = {"model": programmed_service.model_name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 33}
+    chat = {"model": default_model_id(programmed_service), "messages": [{"role": "user", "content": "hi"}], "max_tokens": 33}
     r = httpx.post(u + "/v1/chat/completions", json=chat)
     assert r.status_code == 422 and "max_tokens" in error_of(r)["message"]
     big = {"database": "music", "question": "q" * 3000}
@@ -192,12 +194,12 @@ def test_a_client_that_disconnects_frees_its_place(serve, programmed_service, mu
         time.sleep(0.02)
     assert s.batcher.queued == 0
     # mid-stream: read the first event, then leave
-    chat = {"model": programmed_service.model_name, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    chat = {"model": default_model_id(programmed_service), "messages": [{"role": "user", "content": "hi"}], "stream": True}
     with httpx.stream("POST", s.url + "/v1/chat/completions", json=chat, timeout=30) as r:
         assert r.status_code == 200
         first = next(r.iter_lines())
         assert first.startswith("data: ") and json.loads(first[6:])["choices"][0]["delta"]["role"] == "assistant"
-        assert s.batcher.queued == 1
+        assert s.batcher.queued == 1, (s.batcher.stats, s.batcher._pending)
     deadline = time.monotonic() + 2.5
     while s.batcher.queued and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -220,7 +222,7 @@ def test_api_key_is_checked_on_every_v1_route(serve, programmed_service, music_d
     routes = [("GET", "/v1/models", None), ("GET", "/v1/databases", None), ("GET", "/v1/databases/music", None),
               ("POST", "/v1/sql", {"database": "music", "question": "q"}),
               ("POST", "/v1/execute", {"database": "music", "sql": "SELECT 1"}),
-              ("POST", "/v1/chat/completions", {"model": programmed_service.model_name,
+              ("POST", "/v1/chat/completions", {"model": default_model_id(programmed_service),
                                                 "messages": [{"role": "user", "content": "hi"}]})]
     for method, path, body in routes:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret-key"},

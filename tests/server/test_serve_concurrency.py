@@ -9,6 +9,7 @@ import concurrent.futures as cf
 import httpx
 
 from mlx_text2sql.server import Limits
+from mlx_text2sql.server.app import default_model_id
 
 QUESTIONS = [f"{w} {n}?" for w in ("how many singers are older than", "which singer has age", "list notes over",
                                       "what is the name of the singer aged") for n in (20, 31, 40, 52, 77)]
@@ -39,7 +40,7 @@ def test_concurrent_answers_equal_the_answers_given_alone(serve, random_service,
         if kind == "sql":
             a = _ask(s.url, db, q)
             return a["reply"], a["sql"]
-        c = _chat(s.url, random_service.model_name, q)
+        c = _chat(s.url, default_model_id(random_service), q)
         return c["choices"][0]["message"]["content"], c["usage"]["completion_tokens"]
 
     alone = [run(j) for j in jobs]

@@ -4,7 +4,9 @@ streaming and not, with and without an API key."""
 from __future__ import annotations
 
 import pytest
-from conftest import REPLY
+from serverkit import REPLY
+
+from mlx_text2sql.server.app import default_model_id
 
 openai = pytest.importorskip("openai", reason="the openai client is a test dependency: pip install -e '.[test]'")
 
@@ -21,7 +23,7 @@ def client(server, key="k-123"):
 def test_models_and_a_completion(server, programmed_service):
     c = client(server)
     [model] = c.models.list().data
-    assert model.id == programmed_service.model_name
+    assert model.id == default_model_id(programmed_service)
     r = c.chat.completions.create(model=model.id, messages=[{"role": "system", "content": "SQL only."},
                                                             {"role": "user", "content": "who is over 30?"}])
     assert r.object == "chat.completion" and r.id.startswith("chatcmpl-")
@@ -37,7 +39,7 @@ def test_models_and_a_completion(server, programmed_service):
 
 def test_streaming(server, programmed_service):
     c = client(server)
-    stream = c.chat.completions.create(model=programmed_service.model_name, stream=True,
+    stream = c.chat.completions.create(model=default_model_id(programmed_service), stream=True,
                                        messages=[{"role": "user", "content": [{"type": "text", "text": "who?"}]}],
                                        stream_options={"include_usage": True})
     chunks = list(stream)
@@ -57,5 +59,5 @@ def test_errors_reach_the_client_as_its_exceptions(server, programmed_service):
     with pytest.raises(openai.NotFoundError, match="no model"):
         client(server).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "q"}])
     with pytest.raises(openai.UnprocessableEntityError, match="max_tokens"):
-        client(server).chat.completions.create(model=programmed_service.model_name, max_tokens=100000,
+        client(server).chat.completions.create(model=default_model_id(programmed_service), max_tokens=100000,
                                                messages=[{"role": "user", "content": "q"}])
