@@ -146,8 +146,11 @@ def create_app(service, databases: DatabaseRegistry, *, limits: Limits | None = 
 
     @app.get("/health", response_model=S.Health)
     async def health():
+        store = getattr(getattr(service, "generator", None), "store", None)
+        cache = None if store is None else {"entries": len(store.entries), "bytes": store.nbytes,
+                                            "max_bytes": store.max_bytes}
         return S.Health(model=model_id, databases=len(databases), auth=api_key is not None,
-                        queued=batcher.queued, batches=batcher.stats.batches)
+                        queued=batcher.queued, batches=batcher.stats.batches, prefix_cache=cache)
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(check_key)])
 
@@ -171,8 +174,6 @@ def create_app(service, databases: DatabaseRegistry, *, limits: Limits | None = 
         at_most(req.max_rows, limits.max_rows, "max_rows")
         at_most(req.max_tokens, limits.max_tokens, "max_tokens")
         at_most(req.exec_guided, limits.max_exec_guided, "exec_guided")
-        if req.tables is not None and not [t for t in req.tables if t.strip()]:
-            raise ApiError(422, "tables names no table (leave it out to let the server choose)", "validation_error")
         options = AskOptions(execute=req.execute, max_rows=req.max_rows or min(DEFAULT_ROWS, limits.max_rows), timeout_s=limits.execute_timeout_s,
                              max_tokens=req.max_tokens or limits.default_max_tokens, temp=req.temperature,
                              top_p=req.top_p, seed=req.seed, fix_values=req.fix_values,

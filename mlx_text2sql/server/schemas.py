@@ -28,7 +28,7 @@ class SQLRequest(_Strict):
     fix_values: bool = Field(False, description="value repair of miscopied literals")
     exec_guided: int = Field(0, ge=0, description="execution-guided decoding: samples voted on (0: off)")
     select_schema: bool | None = Field(None, description="show only the tables the question is about (None: auto)")
-    tables: list[str] | None = Field(None, description="the tables to show (default: by select_schema)")
+    tables: list[str] | None = Field(None, description="the tables to show ([]: all; default: by select_schema)")
     value_hints: bool | None = None
     sample_rows: int | None = Field(None, ge=0, le=10)
 
@@ -110,6 +110,7 @@ class Health(BaseModel):
     auth: bool = Field(description="whether /v1 routes need an API key")
     queued: int
     batches: int
+    prefix_cache: dict | None = Field(None, description="schema prefixes kept: entries, bytes, max_bytes")
 
 
 # --------------------------------------------------------------------------- OpenAI-compatible

@@ -57,3 +57,36 @@ def test_concurrent_answers_equal_the_answers_given_alone(serve, random_service,
     assert stats.largest >= 8, stats.sizes  # decoded together, not one after another
     assert stats.batches - batches_before < len(jobs)
     assert s.batcher.queued == 0
+
+
+def test_one_bad_request_in_a_batch_fails_alone(serve, programmed_service, music_db):
+    from serverkit import REPLY
+
+    s = serve(programmed_service, [music_db], limits=Limits(batch_window_s=0.5))
+    bodies = [{"database": "music", "question": f"q{i}"} for i in range(5)]
+    bodies[2]["tables"] = ["no_such_table"]  # the library refuses it before any model work
+    with cf.ThreadPoolExecutor(len(bodies)) as pool:
+        resps = list(pool.map(lambda b: httpx.post(s.url + "/v1/sql", json=b, timeout=60), bodies))
+    assert [r.status_code for r in resps] == [200, 200, 400, 200, 200]
+    assert "no_such_table" in resps[2].json()["error"]["message"]
+    assert all(r.json()["sql"] == REPLY for i, r in enumerate(resps) if i != 2)
+    assert s.batcher.stats.largest == 5  # they were one batch, answered one by one after it raised
+
+
+def test_a_second_question_on_a_warm_database_computes_only_its_own_tokens(serve, programmed_service, music_db):
+    stats = programmed_service.generator.stats
+    programmed_service.generator.store.clear()
+    s = serve(programmed_service, [music_db])
+
+    def ask(q):
+        before_total, before_computed = stats.prompt_tokens, stats.computed_prompt_tokens
+        r = httpx.post(s.url + "/v1/sql", json={"database": "music", "question": q, "tables": []}, timeout=60)
+        assert r.status_code == 200
+        return stats.prompt_tokens - before_total, stats.computed_prompt_tokens - before_computed
+
+    total, computed = ask("how many singers are there?")
+    assert computed == total  # cold: the whole prompt
+    total, computed = ask("which singer is the oldest?")
+    assert computed < total / 4  # warm: the schema came from the prefix cache
+    health = httpx.get(s.url + "/health").json()
+    assert health["prefix_cache"]["entries"] >= 1 and 0 < health["prefix_cache"]["bytes"] <= health["prefix_cache"]["max_bytes"]
