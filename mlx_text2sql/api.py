@@ -101,6 +101,12 @@ class Text2SQL:
     def tokenizer(self):
         return self.loaded.tokenizer
 
+    @property
+    def repairer(self):
+        """The value repairer answers use (:class:`~mlx_text2sql.repair.Repairer`: each
+        database's cells read once), for callers that repair queries of their own."""
+        return self._predictor.refiner.repairer
+
     def prompt_text(self, messages: list[dict]) -> str:
         """The chat template's rendering of ``messages`` with the generation prompt, as the
         model sees it."""

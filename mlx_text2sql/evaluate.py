@@ -17,8 +17,11 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
+from . import cli_options as opts
+from .api import AskOptions, Question
 from .errors import ConfigError, InputError, run_cli
 
 EPILOG = """examples:
@@ -38,10 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True,
                    help="converted JSONL file, or a folder holding test.jsonl")
-    p.add_argument("--model", default=None,
-                   help="model spec (smollm2-135m, a folder, a .gguf file or a Hub id); "
-                        "default: the adapter's base model, else smollm2-135m")
-    p.add_argument("--adapter-path", default=None, help="adapter folder written by train")
+    opts.add_model_options(p)
     p.add_argument("--gold", action="store_true",
                    help="score the gold SQL against itself instead of a model")
     p.add_argument("--compare-base", action="store_true",
@@ -56,35 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="with --output: take the results an interrupted run left in OUTPUT.partial "
                         "and generate only the rest")
-    p.add_argument("--fix-values", action="store_true",
-                   help="value repair (mlx_text2sql/repair.py): a predicted column = 'text' whose text "
-                        "is no cell of that column but a near miss of one cell gets that cell's text; "
-                        "the accuracy without it is reported too")
-    p.add_argument("--exec-guided", type=int, default=0, metavar="N",
-                   help="execution-guided decoding (mlx_text2sql/guided.py): a greedy query that fails on "
-                        "the database (an error, or no rows) is replaced by the result most of N "
-                        "sampled replies agree on; the accuracy without it is reported too (default 0: off)")
-    p.add_argument("--guided-temp", type=float, default=0.7,
-                   help="sampling temperature of --exec-guided (default 0.7)")
-    p.add_argument("--guided-top-p", type=float, default=0.95,
-                   help="nucleus sampling of --exec-guided (default 0.95)")
-    p.add_argument("--batch-size", type=int, default=32,
-                   help="prompts decoded together (default 32; on SmolLM2-135M on a 2-core CPU, 32 rows "
-                        "give ~1.1x the queries/s of 16; lower it for a 7B model on a small Mac)")
-    p.add_argument("--max-tokens", type=int, default=160, help="longest reply in tokens (default 160)")
-    p.add_argument("--temp", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds each query may run (default 5)")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
-    p.add_argument("--dequantize", action="store_true", default=None,
-                   help="run quantized models dense (default on Linux CPU, where it is faster)")
-    p.add_argument("--keep-quantized", dest="dequantize", action="store_false",
-                   help="keep quantized layers quantized")
-    p.add_argument("--no-merge-adapter", dest="merge_adapter", action="store_false", default=True,
-                   help="keep the adapter's LoRA layers separate (default: a dense base gets the "
-                        "adapter folded into its weights, the same numbers computed with fewer operations)")
-    p.add_argument("--chat-template", default=None, help="override the chat template (registry name)")
+    opts.add_refine_options(p, fix_values_help="; the accuracy without it is reported too",
+                            exec_guided_help="; the accuracy without it is reported too")
+    opts.add_generation_options(p, batch_size=32, seed=0,
+                                batch_size_help="; on SmolLM2-135M on a 2-core CPU, 32 rows give ~1.1x the "
+                                                "queries/s of 16; lower it for a 7B model on a small Mac")
+    opts.add_timeout_option(p)
     p.add_argument("--strict", action="store_true", help="stop at the first malformed JSONL line")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -214,8 +191,9 @@ def score_predictions(records, predictions, base_dir, *, timeout_s, label, write
     return results
 
 
-def run_model(records, base_dir, args, *, adapter_path, label, writer):
-    """Generate SQL for every record with one model; returns (results, throughput info).
+def run_model(records, base_dir, *, load: dict, options: AskOptions, label: str, writer, quiet: bool = False):
+    """Generate SQL for every record with one model (``load``: :meth:`Text2SQL.load` keywords);
+    returns (results, throughput info).
 
     Records are generated and scored in chunks (4 batches at a time, at least 64), each chunk's
     results written before the next starts, so an interrupted run keeps what it finished;
@@ -223,99 +201,90 @@ def run_model(records, base_dir, args, *, adapter_path, label, writer):
     The engine keeps computed schema prefixes between chunks."""
     from tqdm import tqdm
 
-    from .engine import SQLGenerator
-    from .generate import load as load_for_inference
-    from .prompts import record_messages
+    from .api import Text2SQL
 
-    # Same model loading as generate (CPU: dense float32; adapter's own settings otherwise).
-    loaded = load_for_inference(argparse.Namespace(**{**vars(args), "adapter_path": adapter_path}))
-    gen = SQLGenerator(loaded)
-    repairer = None
-    if getattr(args, "fix_values", False):
-        from .repair import Repairer
-
-        repairer = Repairer()
-    guide = None
-    if getattr(args, "exec_guided", 0):
-        from .guided import ExecutionGuide
-
-        guide = ExecutionGuide(gen, samples=args.exec_guided, temp=args.guided_temp, top_p=args.guided_top_p,
-                               seed=args.seed, max_tokens=args.max_tokens, batch_size=args.batch_size,
-                               timeout_s=args.timeout, repairer=repairer)
+    t2s = Text2SQL.load(**load, log=None if quiet else _log_loaded)
+    # Scoring repairs (and reports) the greedy queries itself; the API repairs them only for
+    # execution-guided decoding, which checks the repaired query.
+    ask = replace(options, execute=False, fix_values=options.fix_values and bool(options.exec_guided))
+    repairer = t2s.repairer if options.fix_values else None
     results: list[dict | None] = [writer.done.get(result_key(r, label)) for r in records]
     todo = [i for i, r in enumerate(results) if r is None]
     if len(todo) < len(records):
         print(f"{label}: {len(records) - len(todo)} results taken from {writer.partial}, "
               f"{len(todo)} to generate", file=sys.stderr)
-    bar = tqdm(total=len(todo), desc=f"{label}: generating", unit="q", disable=args.quiet,
-               file=sys.stderr)
+    bar = tqdm(total=len(todo), desc=f"{label}: generating", unit="q", disable=quiet, file=sys.stderr)
     # Replies sampled for failing queries (--exec-guided) get their own bar: the number is
     # known only once a chunk's greedy queries have been run.
     sample_bar = None
-    if guide is not None:
+    if options.exec_guided:
         sample_bar = tqdm(total=0, desc=f"{label}: sampling for failed queries", unit="reply",
-                          disable=args.quiet, file=sys.stderr)
-    chunk = max(64, 4 * args.batch_size)
+                          disable=quiet, file=sys.stderr)
+    chunk = max(64, 4 * options.batch_size)
     outs = []
     t0 = time.perf_counter()
     for lo in range(0, len(todo), chunk):
-        part = todo[lo: lo + chunk]
-        got = gen.generate([record_messages(records[i]) for i in part], max_tokens=args.max_tokens,
-                           temp=args.temp, top_p=args.top_p, seed=args.seed,
-                           batch_size=args.batch_size, progress=bar.update)
-        choices = _guide(guide, [records[i] for i in part], got, base_dir, repairer, sample_bar) if guide else None
-        scored = score_predictions([records[i] for i in part], [o.sql for o in got], base_dir,
-                                   timeout_s=args.timeout, label=label, writer=writer,
-                                   replies=[o.text for o in got], latencies=[o.seconds for o in got],
+        part = [records[i] for i in todo[lo: lo + chunk]]
+        got = t2s.ask_many([_question(rec, base_dir) for rec in part], options=ask, progress=bar.update,
+                           guided_progress=sample_bar.update if sample_bar is not None else None,
+                           guided_announce=(lambda n: _grow(sample_bar, n)) if sample_bar is not None else None)
+        choices = [_choice(a) for a in got] if options.exec_guided else None
+        scored = score_predictions(part, [a.sql_greedy or "" for a in got], base_dir,
+                                   timeout_s=options.timeout_s, label=label, writer=writer,
+                                   replies=[a.reply for a in got], latencies=[a.timings.decode_s for a in got],
                                    repairer=repairer, choices=choices)
-        for i, r in zip(part, scored):
+        for i, r in zip(todo[lo: lo + chunk], scored):
             results[i] = r
         outs += got
     wall = time.perf_counter() - t0
     bar.close()
     if sample_bar is not None:
         sample_bar.close()
-    n_tokens = sum(o.n_tokens for o in outs)
-    speed = None
-    if outs:
-        speed = {
-            "queries_per_s": len(outs) / wall if wall > 0 else None,
-            "generated_tokens_per_s": n_tokens / wall if wall > 0 else None,
-            "mean_latency_s": sum(o.seconds for o in outs) / len(outs),
-            "wall_s": wall,
-            "truncated_replies": sum(o.finish_reason == "length" for o in outs),
-        }
-    if repairer is not None:
-        repairer.close()
-    del gen, loaded
-    return results, speed
+    t2s.close()
+    del t2s
+    return results, _speed(outs, wall)
 
 
-def _guide(guide, records, got, base_dir, repairer, bar=None):
-    """The execution guide's choices for one chunk's greedy replies (value-repaired first when
-    ``repairer`` is given, as scoring does). WikiSQL queries are checked the way they are
-    scored: text compared without case."""
-    from .guided import Item
+def _log_loaded(msg: str) -> None:
+    print(f"[generate] {msg}", file=sys.stderr, flush=True)
+
+
+def _question(rec: dict, base_dir) -> Question:
+    """A record as the API's question: its own prompt, run on its database. WikiSQL queries
+    are checked the way they are scored: text compared without case."""
     from .metrics import _resolve_db
     from .prompts import record_messages
 
-    items = []
-    for rec, o in zip(records, got):
-        db = _resolve_db(rec, base_dir)
-        question = rec.get("question") or ""
-        sql = o.sql
-        if repairer is not None:
-            sql = repairer.fix(sql, db, question)[0]
-        items.append(Item(record_messages(rec), sql, str(db) if db is not None else None, question,
-                          case_insensitive=str(rec.get("source") or "").lower().startswith("wikisql")))
-    if bar is None:
-        return guide.refine(items)
+    q = rec.get("question")
+    return Question(q if isinstance(q, str) else "", db=_resolve_db(rec, base_dir), messages=record_messages(rec),
+                    case_insensitive=str(rec.get("source") or "").lower().startswith("wikisql"))
 
-    def announce(n: int) -> None:
-        bar.total += n
-        bar.refresh()
 
-    return guide.refine(items, progress=bar.update, announce=announce)
+def _choice(answer):
+    """The execution guide's choice for one answer, as scoring reads it."""
+    from .guided import Choice
+
+    if answer.guided is None:
+        return Choice(reason=None, sql=answer.sql or "")
+    return Choice(sql=answer.sql or "", **answer.guided)
+
+
+def _grow(bar, n: int) -> None:
+    bar.total += n
+    bar.refresh()
+
+
+def _speed(outs, wall: float) -> dict | None:
+    if not outs:
+        return None
+    n_tokens = sum(a.n_tokens for a in outs)
+    return {
+        "queries_per_s": len(outs) / wall if wall > 0 else None,
+        "generated_tokens_per_s": n_tokens / wall if wall > 0 else None,
+        "mean_latency_s": sum(a.timings.decode_s for a in outs) / len(outs),
+        "wall_s": wall,
+        "truncated_replies": sum(a.finish_reason == "length" for a in outs),
+    }
 
 
 def _report(label: str, summary: dict, speed: dict | None) -> str:
@@ -342,7 +311,7 @@ def _report(label: str, summary: dict, speed: dict | None) -> str:
     return "\n".join(lines)
 
 
-def _summarize(results: list[dict], args) -> dict:
+def _summarize(results: list[dict], fix_values: bool = False, exec_guided: bool = False) -> dict:
     """:func:`metrics.summarize`, plus what value repair changed (with --fix-values)."""
     from .metrics import summarize
 
@@ -352,7 +321,7 @@ def _summarize(results: list[dict], args) -> dict:
     def greedy(r):  # the greedy query's score (before execution-guided decoding)
         return bool(r["match_greedy"] if "match_greedy" in r else r["match"])
 
-    if getattr(args, "fix_values", False):
+    if fix_values:
         changed = [r for r in results if "match_raw" in r]
         raw_ok = sum(bool(r["match_raw"] if "match_raw" in r else greedy(r)) for r in scored)
         summary["value_repair"] = {
@@ -361,7 +330,7 @@ def _summarize(results: list[dict], args) -> dict:
             "lost": sum(bool(r["match_raw"]) and not greedy(r) for r in changed),
             "execution_accuracy_raw": raw_ok / len(scored) if scored else 0.0,
         }
-    if getattr(args, "exec_guided", 0):
+    if exec_guided:
         retried = [r for r in results if r.get("guided")]
         changed = [r for r in results if "match_greedy" in r]
         summary["exec_guided"] = {
@@ -380,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(_main, args)
 
 
-def _main(args) -> int:
+def _validate(args) -> None:
     problems = []
     if args.limit is not None and args.limit < 1:
         problems.append("--limit must be at least 1")
@@ -388,16 +357,7 @@ def _main(args) -> int:
         problems.append("--sample must be at least 1")
     if args.sample is not None and args.limit is not None:
         problems.append("give --limit or --sample, not both")
-    if args.batch_size < 1:
-        problems.append("--batch-size must be at least 1")
-    if args.max_tokens < 1:
-        problems.append("--max-tokens must be at least 1")
-    if args.exec_guided < 0:
-        problems.append("--exec-guided must be 0 (off) or a number of samples")
-    if args.exec_guided and args.guided_temp <= 0:
-        problems.append("--guided-temp must be above 0 (the alternatives are sampled)")
-    if args.exec_guided and not 0 < args.guided_top_p <= 1:
-        problems.append("--guided-top-p must be in (0, 1]")
+    problems += opts.generation_problems(args)
     if args.exec_guided and args.gold:
         problems.append("--exec-guided needs a model: drop --gold")
     if args.gold and (args.compare_base or args.adapter_path):
@@ -408,20 +368,19 @@ def _main(args) -> int:
         problems.append(f"--adapter-path {args.adapter_path}: no such folder")
     if problems:
         raise ConfigError(problems)
-    if not args.gold:
-        from .blas import ensure_fast_blas
 
-        ensure_fast_blas()
 
-    from .metrics import summarize
-
-    path = resolve_data(args.data)
-    records, bad = load_records(path, args.limit, args.strict)
-    if args.sample is not None and args.sample < len(records):
+def _select_records(data: str, *, limit: int | None, sample: int | None, seed: int,
+                    strict: bool) -> tuple[list[dict], Path]:
+    """The records to evaluate (the first ``limit``, or a seeded ``sample`` kept in file
+    order) and the file they came from; skipped lines are named on stderr."""
+    path = resolve_data(data)
+    records, bad = load_records(path, limit, strict)
+    if sample is not None and sample < len(records):
         import random
 
-        keep = sorted(random.Random(args.seed).sample(range(len(records)), args.sample))
-        print(f"a random sample of {args.sample} of {len(records)} records (seed {args.seed})", file=sys.stderr)
+        keep = sorted(random.Random(seed).sample(range(len(records)), sample))
+        print(f"a random sample of {sample} of {len(records)} records (seed {seed})", file=sys.stderr)
         records = [records[i] for i in keep]
     for err in bad[:10]:
         print(f"skipped: {err}", file=sys.stderr)
@@ -429,6 +388,36 @@ def _main(args) -> int:
         print(f"skipped: ... and {len(bad) - 10} more", file=sys.stderr)
     if not records:
         raise InputError("no usable records", str(path))
+    return records, path
+
+
+def _model_runs(records, base_dir, *, load: dict, options: AskOptions, compare_base: bool,
+                writer, quiet: bool) -> list[tuple[str, dict, dict | None]]:
+    """(label, summary, speed) of the base model (with ``compare_base``) and of the model."""
+    refined = {"fix_values": options.fix_values, "exec_guided": bool(options.exec_guided)}
+    runs = []
+    if compare_base:
+        results, speed = run_model(records, base_dir, load={**load, "adapter_path": None}, options=options,
+                                   label="base", writer=writer, quiet=quiet)
+        runs.append(("base", _summarize(results, **refined), speed))
+    label = "adapter" if load.get("adapter_path") else "model"
+    results, speed = run_model(records, base_dir, load=load, options=options, label=label,
+                               writer=writer, quiet=quiet)
+    runs.append((label, _summarize(results, **refined), speed))
+    return runs
+
+
+def _main(args) -> int:
+    _validate(args)
+    if not args.gold:
+        from .blas import ensure_fast_blas
+
+        ensure_fast_blas()
+
+    from .metrics import summarize
+
+    records, path = _select_records(args.data, limit=args.limit, sample=args.sample, seed=args.seed,
+                                    strict=args.strict)
     base_dir = path.parent
     print(f"evaluating {len(records)} records from {path}", file=sys.stderr)
 
@@ -437,20 +426,14 @@ def _main(args) -> int:
     writer = _Writer(args.output, resume=args.resume)
     ok = False
     try:
-        runs: list[tuple[str, dict, dict | None]] = []
         if args.gold:
             results = score_predictions(records, [r["sql"] for r in records], base_dir,
                                         timeout_s=args.timeout, label="gold", writer=writer)
-            runs.append(("gold", summarize(results), None))
+            runs = [("gold", summarize(results), None)]
         else:
-            if args.compare_base:
-                results, speed = run_model(records, base_dir, args, adapter_path=None, label="base",
-                                           writer=writer)
-                runs.append(("base", _summarize(results, args), speed))
-            label = "adapter" if args.adapter_path else "model"
-            results, speed = run_model(records, base_dir, args, adapter_path=args.adapter_path,
-                                       label=label, writer=writer)
-            runs.append((label, _summarize(results, args), speed))
+            runs = _model_runs(records, base_dir, load=opts.load_kwargs(args),
+                               options=opts.ask_options(args, execute=False), compare_base=args.compare_base,
+                               writer=writer, quiet=args.quiet)
         ok = True
     except KeyboardInterrupt:
         if args.output:

@@ -224,3 +224,58 @@ def test_prebuilt_messages_are_sent_as_is(t2s, db):
     streamed = []
     t2s.ask("q", schema=SCHEMA, stream_callback=streamed.append)
     assert "".join(streamed).strip() == REPLY
+
+
+def test_prompt_settings_come_from_the_adapter(tmp_path, db):
+    from test_generate import _adapter
+
+    model = make_programmed_model(tmp_path / "m", REPLY, "chatml")
+    adapter = _adapter(model, tmp_path / "ad", nonzero=False,
+                       prompt={"sample_rows": 1, "system_prompt": "Write SQLite.", "value_hints": True})
+    t2s = Text2SQL.load(adapter_path=adapter)  # base model from the adapter's config
+    assert t2s.model_name == str(model) and t2s.adapter_path == str(adapter)
+    msgs = t2s.messages("which singer is from Peru?", db=db)
+    assert msgs[0] == {"role": "system", "content": "Write SQLite."}
+    assert "/* 1 example rows" in msgs[1]["content"]
+    assert msgs[1]["content"].endswith("Question: which singer is from Peru?\nValues: \"country\" = 'Peru'")
+    plain = t2s.messages("which singer is from Peru?", db=db, options=AskOptions(value_hints=False, sample_rows=2))
+    assert "Values:" not in plain[1]["content"] and "/* 2 example rows" in plain[1]["content"]
+    assert t2s.ask("which singer is from Peru?", db=db).rows == [["Art Long"], ["Mike"], ["Zed"]]
+
+
+def test_a_changed_database_is_read_again(t2s, tmp_path):
+    path = tmp_path / "live.sqlite"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE singer (name TEXT, age INTEGER)")
+    con.execute("INSERT INTO singer VALUES ('Ann', 33)")
+    con.commit()
+    first = t2s.messages("q", db=path)[-1]["content"]
+    con.execute("INSERT INTO singer VALUES ('Bo', 44)")
+    con.commit()
+    con.close()
+    again = t2s.messages("q", db=path)[-1]["content"]
+    assert "Bo | 44" not in first and "Bo | 44" in again
+    assert t2s.ask("q", db=path).rows == [["Ann"], ["Bo"]]
+
+
+def test_table_choice_for_a_database_of_many_tables(t2s, tmp_path):
+    from mlx_text2sql.inference.questions import PromptBuilder
+
+    path = tmp_path / "many.sqlite"
+    con = sqlite3.connect(path)
+    for name, cols in [("t_airports", '"City" TEXT, "Airport" TEXT'), ("t_players", '"Player" TEXT, "Nationality" TEXT'),
+                       ("t_albums", '"Album" TEXT'), ("t_cars", '"Make" TEXT')]:
+        con.execute(f'CREATE TABLE "{name}" ({cols})')
+    con.execute("INSERT INTO t_players VALUES ('Milos Petrak', 'Serbia')")
+    con.commit()
+    con.close()
+    seen = []
+    builder = PromptBuilder(on_tables=lambda p, why: seen.append((p, why)))
+    msgs = builder.messages("Which players are from Serbia?", db=path)
+    assert 'CREATE TABLE "t_players"' in msgs[-1]["content"] and "t_airports" not in msgs[-1]["content"]
+    builder.messages("Which players are from Serbia?", db=path)
+    assert len(seen) == 1 and seen[0][0] == path and "t_players" in seen[0][1]  # announced once
+    every = t2s.messages("Which players are from Serbia?", db=path, options=AskOptions(select_schema=False))
+    assert all(f'"{t}"' in every[-1]["content"] for t in ("t_airports", "t_players", "t_albums", "t_cars"))
+    named = t2s.messages("Which players are from Serbia?", db=path, tables=["t_cars"])
+    assert 'CREATE TABLE "t_cars"' in named[-1]["content"] and "t_players" not in named[-1]["content"]

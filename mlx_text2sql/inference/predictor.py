@@ -10,9 +10,9 @@ call for all of them), and runs the final queries read-only (``execute``).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import ConfigError, InputError
@@ -29,7 +29,7 @@ class Prepared:
 
     question: Question
     messages: list[dict]
-    db: Path | None
+    db: str | os.PathLike | None  # as the caller gave it (errors name it that way)
     schema: str | None
     prompt_s: float
 
@@ -86,18 +86,17 @@ class Predictor:
             raise InputError("the question must be a string", where)
         if q.db is not None and q.schema is not None and q.messages is None:
             raise ConfigError(f"{where}: give a database or a schema, not both")
-        path = Path(q.db) if q.db is not None else None
         if q.messages is not None:
             messages = check_messages(q.messages, where)
         else:
             try:
                 messages = self.builder.messages(
-                    q.question, db=path, schema=q.schema, tables=q.tables,
+                    q.question, db=q.db, schema=q.schema, tables=q.tables,
                     sample_rows=options.sample_rows, value_hints=options.value_hints,
                     select_schema=options.select_schema)
             except InputError as e:
                 raise InputError(e.reason if e.path else f"{where}: {e.reason}", e.path, e.line) from None
-        return Prepared(q, messages, path, q.schema, time.perf_counter() - t)
+        return Prepared(q, messages, q.db, q.schema, time.perf_counter() - t)
 
     # ----------------------------------------------------------------- answers
 

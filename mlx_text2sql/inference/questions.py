@@ -32,7 +32,7 @@ def trained_prompt_settings(model: str | os.PathLike | None = None,
     from the note ``fuse`` leaves in a fused model folder; {} when neither says."""
     prompt = None
     if adapter_path:
-        from ..tuner.lora import read_adapter_config
+        from ..models.adapters import read_adapter_config
 
         prompt = read_adapter_config(adapter_path).get("prompt")
     elif model and (Path(model) / FUSE_NOTE).is_file():
@@ -83,6 +83,17 @@ def parse_tables(value: str | None) -> list[str] | None:
     if not names:
         raise ConfigError("--tables names no table (give names, 'all' or 'auto')")
     return names
+
+
+def read_schema_file(path: str | os.PathLike) -> str:
+    """The text of a schema file (InputError when it is missing or not UTF-8)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("schema file not found", str(path))
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 text ({e.reason})", str(path)) from None
 
 
 def _file_key(path: Path) -> tuple:

@@ -1,0 +1,109 @@
+"""Command-line options that ``generate`` and ``evaluate`` share, defined once.
+
+Each ``add_*`` function adds one group of flags to a parser (or argument group); ``*_problems``
+check them and name the flag in every message; :func:`load_kwargs` and :func:`ask_options`
+turn the parsed flags into the typed settings of :mod:`mlx_text2sql.api`, so nothing below a
+command's ``main`` sees an argparse Namespace.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .api import AskOptions
+
+DEFAULT_MAX_TOKENS = 160
+DEFAULT_TIMEOUT_S = 5.0
+DEFAULT_GUIDED_TEMP = 0.7
+DEFAULT_GUIDED_TOP_P = 0.95
+
+
+def add_model_options(p) -> None:
+    """--model, --adapter-path, --chat-template, --dtype, --dequantize / --keep-quantized,
+    --no-merge-adapter."""
+    p.add_argument("--model", default=None,
+                   help="model spec: smollm2-135m (built in), a folder, a .gguf file or a Hub id; "
+                        "default: the adapter's base model, else smollm2-135m")
+    p.add_argument("--adapter-path", default=None, help="LoRA adapter folder written by train")
+    p.add_argument("--chat-template", default=None, help="override the chat template (registry name)")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                   help="weights dtype (default: float32 on CPU, else as trained/stored)")
+    p.add_argument("--dequantize", action="store_true", default=None,
+                   help="run a quantized model dense (default on CPU, where it is faster)")
+    p.add_argument("--keep-quantized", dest="dequantize", action="store_false",
+                   help="keep quantized layers quantized")
+    p.add_argument("--no-merge-adapter", dest="merge_adapter", action="store_false", default=True,
+                   help="keep the adapter's LoRA layers separate (default: a dense base gets the "
+                        "adapter folded into its weights, the same numbers computed with fewer operations)")
+
+
+def add_generation_options(p, *, batch_size: int, batch_size_help: str = "", seed: int | None = None) -> None:
+    """--max-tokens, --temp, --top-p, --seed, --batch-size (defaults differ per command)."""
+    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+                   help=f"longest reply in tokens (default {DEFAULT_MAX_TOKENS})")
+    p.add_argument("--temp", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default 1: off)")
+    p.add_argument("--seed", type=int, default=seed,
+                   help="random seed for sampling" + (f" (default {seed})" if seed is not None else ""))
+    p.add_argument("--batch-size", type=int, default=batch_size,
+                   help=f"prompts decoded together (default {batch_size}{batch_size_help})")
+
+
+def add_refine_options(p, *, fix_values_help: str, exec_guided_help: str) -> None:
+    """--fix-values, --exec-guided N, --guided-temp, --guided-top-p; the two first get a
+    sentence saying what the command does with them."""
+    p.add_argument("--fix-values", action="store_true",
+                   help="value repair (mlx_text2sql/repair.py): a predicted column = 'text' whose text is "
+                        "no cell of that column but a near miss of one cell gets that cell's text"
+                        + fix_values_help)
+    p.add_argument("--exec-guided", type=int, default=0, metavar="N",
+                   help="execution-guided decoding (mlx_text2sql/guided.py): a greedy query that fails on "
+                        "the database (an error, or no rows) is replaced by the result most of N sampled "
+                        "replies agree on" + exec_guided_help + " (default 0: off)")
+    p.add_argument("--guided-temp", type=float, default=DEFAULT_GUIDED_TEMP,
+                   help=f"sampling temperature of --exec-guided (default {DEFAULT_GUIDED_TEMP})")
+    p.add_argument("--guided-top-p", type=float, default=DEFAULT_GUIDED_TOP_P,
+                   help=f"nucleus sampling of --exec-guided (default {DEFAULT_GUIDED_TOP_P})")
+
+
+def add_timeout_option(p) -> None:
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                   help=f"seconds each query may run (default {DEFAULT_TIMEOUT_S:g})")
+
+
+def generation_problems(args: argparse.Namespace) -> list[str]:
+    """What is wrong with the generation and refinement flags, each message naming its flag."""
+    problems = []
+    if args.max_tokens < 1:
+        problems.append("--max-tokens must be at least 1")
+    if args.batch_size < 1:
+        problems.append("--batch-size must be at least 1")
+    if args.temp < 0:
+        problems.append("--temp must be 0 or more")
+    if not 0 < args.top_p <= 1:
+        problems.append("--top-p must be in (0, 1]")
+    if args.exec_guided < 0:
+        problems.append("--exec-guided must be 0 (off) or a number of samples")
+    if args.exec_guided and args.guided_temp <= 0:
+        problems.append("--guided-temp must be above 0 (the alternatives are sampled)")
+    if args.exec_guided and not 0 < args.guided_top_p <= 1:
+        problems.append("--guided-top-p must be in (0, 1]")
+    if args.timeout < 0:
+        problems.append("--timeout must be 0 (no limit) or more")
+    return problems
+
+
+def load_kwargs(args: argparse.Namespace) -> dict:
+    """Keywords of :meth:`mlx_text2sql.api.Text2SQL.load` from the model flags."""
+    return {"model": args.model, "adapter_path": args.adapter_path, "dtype": args.dtype,
+            "dequantize": args.dequantize, "chat_template": args.chat_template,
+            "merge_adapter": args.merge_adapter}
+
+
+def ask_options(args: argparse.Namespace, **overrides) -> AskOptions:
+    """The :class:`~mlx_text2sql.api.AskOptions` the generation and refinement flags give."""
+    kw = dict(max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p, seed=args.seed,
+              batch_size=args.batch_size, fix_values=args.fix_values, exec_guided=args.exec_guided,
+              guided_temp=args.guided_temp, guided_top_p=args.guided_top_p, timeout_s=args.timeout)
+    kw.update(overrides)
+    return AskOptions(**kw)
