@@ -34,23 +34,17 @@ DEFAULT_ADAPTERS = "adapters"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .cli_options import add_model_options
     from .server.limits import API_KEY_ENV, Limits
 
     d = Limits()
     p = argparse.ArgumentParser(prog="mlx-text2sql serve", description=__doc__.split("\n\n")[0],
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     m = p.add_argument_group("model")
-    m.add_argument("--model", default=None,
-                   help="model spec: smollm2-135m (built in), a folder, a .gguf file or a Hub id; "
-                        "default: the adapter's base model, else smollm2-135m")
-    m.add_argument("--adapter-path", default=None,
-                   help=f"LoRA adapter folder written by train (default: {DEFAULT_ADAPTERS}/ when it holds "
-                        "an adapter and --model is not given)")
-    m.add_argument("--no-adapter", action="store_true", help=f"do not pick up {DEFAULT_ADAPTERS}/ by default")
-    m.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
-                   help="weights dtype (default: float32 on CPU, else as trained/stored)")
-    m.add_argument("--no-merge-adapter", dest="merge_adapter", action="store_false", default=True,
-                   help="keep the adapter's LoRA layers separate (default: folded into a dense base)")
+    add_model_options(m)
+    m.add_argument("--no-adapter", action="store_true",
+                   help=f"with no --adapter-path and no --model, do not pick up {DEFAULT_ADAPTERS}/ "
+                        "(default: it is used when it holds an adapter)")
     m.add_argument("--served-model-name", default=None,
                    help="the model id /v1/models lists and chat completions name (default: the model's name)")
     m.add_argument("--prefix-cache-mb", type=float, default=512,
@@ -127,7 +121,7 @@ def default_adapter(args) -> str | None:
     if args.adapter_path is not None:
         return args.adapter_path
     if args.model is None and not args.no_adapter:
-        from .tuner.lora import CONFIG_FILE
+        from .models.adapters import CONFIG_FILE
 
         if (Path(DEFAULT_ADAPTERS) / CONFIG_FILE).is_file():
             return DEFAULT_ADAPTERS
@@ -176,13 +170,13 @@ def _main(argv) -> int:
     import time
 
     from .api import Text2SQL
+    from .cli_options import load_kwargs
     from .server import create_app
 
     t = time.perf_counter()
     print(f"[serve] loading {args.model or 'the default model'}"
           + (f" + adapter {adapter}" if adapter else "") + " ...", file=sys.stderr, flush=True)
-    service = Text2SQL.load(args.model, adapter, dtype=args.dtype, merge_adapter=args.merge_adapter,
-                            prefix_cache_mb=args.prefix_cache_mb)
+    service = Text2SQL.load(**{**load_kwargs(args), "adapter_path": adapter}, prefix_cache_mb=args.prefix_cache_mb)
     print(f"[serve] loaded {service.model_name} in {time.perf_counter() - t:.1f}s; databases: "
           + ", ".join(databases.names), file=sys.stderr, flush=True)
     app = create_app(service, databases, limits=limits, api_key=api_key,

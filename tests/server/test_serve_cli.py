@@ -77,3 +77,41 @@ def test_console_script_lists_serve(capsys):
     out = capsys.readouterr().out
     for flag in ("--db", "--host", "--api-key", "--max-queue", "--prefix-cache-mb"):
         assert flag in out
+
+
+def test_the_command_serves(tmp_path, music_db):
+    """``python -m mlx_text2sql.serve`` end to end: a tiny model, port 0, /health and /v1/sql."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import httpx
+    from serverkit import REPLY
+    from test_engine import make_programmed_model
+
+    model = make_programmed_model(tmp_path / "m", REPLY)
+    root = Path(__file__).resolve().parent.parent.parent
+    env = {**os.environ, "MLX_TEXT2SQL_API_KEY": ""}
+    env.pop("MLX_TEXT2SQL_API_KEY")
+    proc = subprocess.Popen([sys.executable, "-m", "mlx_text2sql.serve", "--model", str(model), "--db",
+                             f"tunes={music_db}", "--port", "0", "--log-level", "info"], cwd=root, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        port = None
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            m = re.search(r"running on http://127\.0\.0\.1:(\d+)", line, re.I)
+            if m:
+                port = int(m.group(1))
+                break
+        assert port, "".join(lines)
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(url + "/health").json()["model"] == "m"
+        a = httpx.post(url + "/v1/sql", json={"database": "tunes", "question": "who?"}, timeout=60).json()
+        assert a["sql"] == REPLY and len(a["rows"]) == 3
+    finally:
+        proc.terminate()
+        proc.wait(30)
