@@ -65,7 +65,7 @@ def load_questions(paths: list[Path]) -> list[dict]:
 def start_server(args, port: int, log_path: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "mlx_text2sql.serve", "--host", "127.0.0.1", "--port", str(port),
            "--db", f"{args.db_name}={args.db}", "--log-level", "warning", "--max-queue", str(4 * args.clients),
-           "--max-batch", str(args.clients)]
+           "--max-batch", str(args.clients), "--request-timeout", str(args.request_timeout)]
     if args.model:
         cmd += ["--model", args.model]
     if args.adapter_path:
@@ -138,7 +138,8 @@ def summary(name: str, results: list[dict], wall: float | None = None) -> dict:
            "p50_s": pct(lat, 0.5), "p95_s": pct(lat, 0.95),
            "prompt_p50_s": pct([r["timings"]["prompt_s"] for r in ok], 0.5),
            "decode_p50_s": pct([r["timings"]["decode_s"] for r in ok], 0.5),
-           "failed_queries": sum(r["failed"] for r in ok)}
+           "failed_queries": sum(r["failed"] for r in ok),
+           "error_messages": sorted({r["error"] for r in results if not r["ok"]})[:5]}
     if wall is not None:
         out["wall_s"] = wall
         out["req_per_s"] = len(results) / wall
@@ -157,6 +158,8 @@ def main(argv=None) -> int:
     p.add_argument("--requests", type=int, default=32, help="requests per phase (default 32)")
     p.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
     p.add_argument("--max-tokens", type=int, default=64, help="reply limit (default 64)")
+    p.add_argument("--request-timeout", type=float, default=3600,
+                   help="the server's time limit per request (default 3600: a busy machine is measured, not refused)")
     p.add_argument("--out", default=None, help="also write the figures as JSON here")
     args = p.parse_args(argv)
 

@@ -76,7 +76,7 @@ def create_app(service, databases: DatabaseRegistry, *, limits: Limits | None = 
             await run_in_threadpool(batcher.stop)
 
     app = FastAPI(title="mlx-text2sql", version=_version(), lifespan=lifespan,
-                  docs_url=None, redoc_url=None, openapi_url="/v1/openapi.json")
+                  docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.state.batcher = batcher
     app.state.limits = limits
     app.state.databases = databases

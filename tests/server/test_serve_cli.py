@@ -115,3 +115,18 @@ def test_the_command_serves(tmp_path, music_db):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_the_page_files_are_package_data():
+    """Every file of server/static matches a package-data pattern, so a wheel carries the page."""
+    import fnmatch
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in Python 3.11+")
+
+    root = Path(__file__).resolve().parent.parent.parent
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["mlx_text2sql.server"]
+    files = sorted(p.relative_to(root / "mlx_text2sql" / "server").as_posix()
+                   for p in (root / "mlx_text2sql" / "server" / "static").iterdir())
+    assert files == ["static/app.js", "static/index.html", "static/style.css"]
+    assert all(any(fnmatch.fnmatch(f, pat) for pat in patterns) for f in files)
