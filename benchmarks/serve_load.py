@@ -62,6 +62,15 @@ def load_questions(paths: list[Path]) -> list[dict]:
     return out
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (all its threads) so far; None off Linux."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_server(args, port: int, log_path: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "mlx_text2sql.serve", "--host", "127.0.0.1", "--port", str(port),
            "--db", f"{args.db_name}={args.db}", "--log-level", "warning", "--max-queue", str(4 * args.clients),
@@ -131,7 +140,7 @@ def run_concurrent(url: str, args, questions: list[dict]) -> tuple[list[dict], f
             c.close()
 
 
-def summary(name: str, results: list[dict], wall: float | None = None) -> dict:
+def summary(name: str, results: list[dict], wall: float | None = None, cpu: float | None = None) -> dict:
     ok = [r for r in results if r["ok"]]
     lat = [r["latency"] for r in ok]
     out = {"phase": name, "requests": len(results), "errors": len(results) - len(ok),
@@ -143,6 +152,12 @@ def summary(name: str, results: list[dict], wall: float | None = None) -> dict:
     if wall is not None:
         out["wall_s"] = wall
         out["req_per_s"] = len(results) / wall
+    if cpu is not None:
+        # The server's CPU time: what the phase cost, whatever else the machine was doing.
+        out["server_cpu_s"] = cpu
+        out["server_cpu_s_per_req"] = cpu / len(results)
+        if wall:
+            out["server_cpu_share"] = cpu / wall  # cores the server got on average
     return out
 
 
@@ -182,11 +197,15 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         health = wait_healthy(url, proc, log_path)
         print(f"server up in {time.perf_counter() - t:.1f} s: {health['model']}", file=sys.stderr)
-        cold, _ = run_sequential(url, args, cold_qs)
-        print(f"cold: {len(cold)} tables", file=sys.stderr)
+        c0 = cpu_seconds(proc.pid)
+        cold, cold_wall = run_sequential(url, args, cold_qs)
+        c1 = cpu_seconds(proc.pid)
+        print(f"cold: {len(cold)} tables in {cold_wall:.1f} s", file=sys.stderr)
         seq, seq_wall = run_sequential(url, args, questions)
+        c2 = cpu_seconds(proc.pid)
         print(f"sequential: {len(seq)} requests in {seq_wall:.1f} s", file=sys.stderr)
         conc, conc_wall = run_concurrent(url, args, questions)
+        c3 = cpu_seconds(proc.pid)
         print(f"concurrent ({args.clients} clients): {len(conc)} requests in {conc_wall:.1f} s", file=sys.stderr)
         health_after = wait_healthy(url, proc, log_path)
     finally:
@@ -197,11 +216,18 @@ def main(argv=None) -> int:
             proc.kill()
     load_after = os.getloadavg()
     same = sum(a["ok"] and b["ok"] and a["reply"] == b["reply"] for a, b in zip(seq, conc))
-    s_cold, s_seq, s_conc = summary("cold", cold), summary("sequential", seq, seq_wall), summary("concurrent", conc, conc_wall)
+    def used(a, b):
+        return None if a is None or b is None else b - a
+
+    s_cold = summary("cold", cold, cold_wall, used(c0, c1))
+    s_seq = summary("sequential", seq, seq_wall, used(c1, c2))
+    s_conc = summary("concurrent", conc, conc_wall, used(c2, c3))
     result = {
         "model": health["model"], "clients": args.clients, "requests": args.requests, "max_tokens": args.max_tokens,
         "cold": s_cold, "sequential": s_seq, "concurrent": s_conc,
         "throughput_ratio": s_conc["req_per_s"] / s_seq["req_per_s"],
+        "cpu_ratio": (s_seq["server_cpu_s"] / s_conc["server_cpu_s"]
+                      if s_seq.get("server_cpu_s") and s_conc.get("server_cpu_s") else None),
         "identical_replies": same, "batches": health_after.get("batches"),
         "prefix_cache": health_after.get("prefix_cache"),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.system()} {platform.release()}",
@@ -213,9 +239,12 @@ def main(argv=None) -> int:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     for name, s in (("cold", s_cold), ("sequential (warm)", s_seq), (f"{args.clients} concurrent", s_conc)):
         rate = f", {s['req_per_s']:.2f} req/s" if "req_per_s" in s else ""
+        if s.get("server_cpu_s") is not None:
+            rate += f", server CPU {s['server_cpu_s_per_req']:.2f} s/req ({s['server_cpu_share']:.2f} cores)"
         print(f"{name:>18}: p50 {s['p50_s']:.3f} s, p95 {s['p95_s']:.3f} s (prompt {s['prompt_p50_s']:.3f} s, "
               f"decode {s['decode_p50_s']:.3f} s){rate}, errors {s['errors']}", file=sys.stderr)
-    print(f"throughput {result['throughput_ratio']:.2f}x; identical greedy replies {same}/{len(seq)}", file=sys.stderr)
+    print(f"throughput {result['throughput_ratio']:.2f}x (server CPU seconds: {result['cpu_ratio'] or float('nan'):.2f}x fewer); "
+          f"identical greedy replies {same}/{len(seq)}", file=sys.stderr)
     errors = s_seq["errors"] + s_conc["errors"] + s_cold["errors"]
     return 1 if errors else 0
 
