@@ -71,26 +71,18 @@ def add_timeout_option(p) -> None:
                    help=f"seconds each query may run (default {DEFAULT_TIMEOUT_S:g})")
 
 
-def generation_problems(args: argparse.Namespace) -> list[str]:
-    """What is wrong with the generation and refinement flags, each message naming its flag."""
-    problems = []
-    if args.max_tokens < 1:
-        problems.append("--max-tokens must be at least 1")
-    if args.batch_size < 1:
-        problems.append("--batch-size must be at least 1")
-    if args.temp < 0:
-        problems.append("--temp must be 0 or more")
-    if not 0 < args.top_p <= 1:
-        problems.append("--top-p must be in (0, 1]")
-    if args.exec_guided < 0:
-        problems.append("--exec-guided must be 0 (off) or a number of samples")
-    if args.exec_guided and args.guided_temp <= 0:
-        problems.append("--guided-temp must be above 0 (the alternatives are sampled)")
-    if args.exec_guided and not 0 < args.guided_top_p <= 1:
-        problems.append("--guided-top-p must be in (0, 1]")
-    if args.timeout < 0:
-        problems.append("--timeout must be 0 (no limit) or more")
-    return problems
+_FLAGS = {"timeout_s": "--timeout"}  # option fields whose flag is not the field's name
+
+
+def generation_problems(args: argparse.Namespace, **fields) -> list[str]:
+    """What is wrong with the generation and refinement flags (and ``fields``, other
+    :class:`~mlx_text2sql.api.AskOptions` fields the command sets), each message naming its
+    flag: the options' own checks, worded for the command line."""
+    out = []
+    for problem in ask_options(args, **fields).problems():
+        field, rest = problem.split(" ", 1)
+        out.append(f"{_FLAGS.get(field, '--' + field.replace('_', '-'))} {rest}")
+    return out
 
 
 def load_kwargs(args: argparse.Namespace) -> dict:

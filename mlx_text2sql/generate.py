@@ -105,15 +105,11 @@ def _validate(args) -> None:
         problems.append(f"give one schema source, not {' and '.join(given)}")
     if args.tables is not None and args.db is None:
         problems.append("--tables needs --db")
-    if args.sample_rows is not None and args.sample_rows < 0:
-        problems.append("--sample-rows must be 0 or more")
     if args.question is not None and args.input is not None:
         problems.append("give --question or --input, not both")
     if args.output is not None and args.input is None:
         problems.append("--output needs --input")
-    problems += opts.generation_problems(args)
-    if args.max_rows < 1:
-        problems.append("--max-rows must be at least 1")
+    problems += opts.generation_problems(args, max_rows=args.max_rows, sample_rows=args.sample_rows)
     if args.exec_guided and args.db is None and args.input is None:
         problems.append("--exec-guided needs --db (the database the queries are checked on)")
     if args.execute and args.db is None and args.input is None:

@@ -17,21 +17,10 @@ from mlx_text2sql.prompts import build_messages
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_engine import make_programmed_model  # noqa: E402
+from test_generate import db  # noqa: E402,F401  (singer: Art Long 31, Mike 40, Butler 25, Zed 52; concert)
 
 REPLY = "SELECT name FROM singer WHERE age > 30"
 SCHEMA = "CREATE TABLE singer (name TEXT, age INT)"
-
-
-@pytest.fixture(scope="module")
-def db(tmp_path_factory):
-    path = tmp_path_factory.mktemp("api_db") / "music.sqlite"
-    con = sqlite3.connect(path)
-    con.execute("CREATE TABLE singer (name TEXT, age INTEGER, country TEXT)")
-    con.executemany("INSERT INTO singer VALUES (?, ?, ?)",
-                    [("Art Long", 31, "France"), ("Mike", 40, "Ohio"), ("Butler", 25, "Kansas"), ("Zed", 52, "Peru")])
-    con.commit()
-    con.close()
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -45,19 +34,14 @@ def t2s(tmp_path_factory):
 
 
 @pytest.fixture
-def calls(monkeypatch):
-    """The batched engine's generate calls: one entry (number of prompts) per call."""
+def calls():
+    """The batched engine's generate calls: how many prompts each call decoded."""
+    from unittest import mock
+
     from mlx_text2sql.engine import SQLGenerator
 
-    seen = []
-    real = SQLGenerator.generate
-
-    def counting(self, prompts, **kw):
-        seen.append(len(prompts))
-        return real(self, prompts, **kw)
-
-    monkeypatch.setattr(SQLGenerator, "generate", counting)
-    return seen
+    with mock.patch.object(SQLGenerator, "generate", autospec=True, side_effect=SQLGenerator.generate) as spy:
+        yield lambda: [len(c.args[1]) for c in spy.call_args_list]
 
 
 def test_ask_over_schema_text(t2s):
@@ -99,9 +83,8 @@ def test_ask_many_keeps_input_order_and_equals_single_asks(tiny_llama, db, calls
     opts = AskOptions(max_tokens=10, batch_size=2, execute=False)
     items = [Question(q, db=db, key=f"k{i}") if i % 2 else Question(q, schema=SCHEMA, key=f"k{i}")
              for i, q in enumerate(questions)]
-    calls.clear()
     answers = model.ask_many(items, options=opts)
-    assert calls == [5]  # one batched call for every question
+    assert calls() == [5]  # one batched call for every question
     assert [a.key for a in answers] == [f"k{i}" for i in range(5)]
     assert [a.question for a in answers] == questions
     singles = [model.ask(q.question, db=q.db, schema=q.schema, options=opts) for q in items]
@@ -150,7 +133,7 @@ def test_invalid_input_raises_before_model_work(t2s, db, tmp_path, calls, kwargs
         t2s.ask_many([Question("fine", schema=SCHEMA), Question(question, **{k: v for k, v in kwargs.items()
                                                                              if k != "options"})],
                      options=kwargs.get("options"))
-    assert calls == []
+    assert calls() == []
 
 
 def test_bad_options_are_all_named(t2s):
@@ -158,6 +141,10 @@ def test_bad_options_are_all_named(t2s):
         t2s.ask("q", schema=SCHEMA, options=AskOptions(max_tokens=0, top_p=2, exec_guided=2, guided_temp=0))
     assert {"max_tokens must be at least 1", "top_p must be in (0, 1]",
             "guided_temp must be above 0 (the alternatives are sampled)"} <= set(e.value.problems)
+    with pytest.raises(InputError, match="question 1: the question is empty"):
+        t2s.ask_many(["fine", " "], schema=SCHEMA)
+    with pytest.raises(InputError, match="ask_many takes a list"):
+        t2s.ask_many("one question", schema=SCHEMA)
 
 
 def test_value_repair_and_execution_guided_decoding(t2s, db, monkeypatch):
@@ -205,7 +192,7 @@ def test_execute_sql(db, tmp_path):
 def test_complete_is_the_engines_reply(t2s, calls):
     msgs = [build_messages("q1", SCHEMA), [{"role": "user", "content": "hello"}]]
     out = t2s.complete(msgs, max_tokens=20)
-    assert calls == [2] and len(out) == 2
+    assert calls() == [2] and len(out) == 2
     assert out[0].text.strip() == REPLY and out[0].finish_reason == "stop" and out[0].n_tokens > 0
     assert out[0].text == t2s.generator.generate([msgs[0]], max_tokens=20)[0].text
     pieces = []
@@ -237,7 +224,8 @@ def test_prompt_settings_come_from_the_adapter(tmp_path, db):
     msgs = t2s.messages("which singer is from Peru?", db=db)
     assert msgs[0] == {"role": "system", "content": "Write SQLite."}
     assert "/* 1 example rows" in msgs[1]["content"]
-    assert msgs[1]["content"].endswith("Question: which singer is from Peru?\nValues: \"country\" = 'Peru'")
+    # two tables shown: the hint names its table
+    assert msgs[1]["content"].endswith("Question: which singer is from Peru?\nValues: \"singer\".\"country\" = 'Peru'")
     plain = t2s.messages("which singer is from Peru?", db=db, options=AskOptions(value_hints=False, sample_rows=2))
     assert "Values:" not in plain[1]["content"] and "/* 2 example rows" in plain[1]["content"]
     assert t2s.ask("which singer is from Peru?", db=db).rows == [["Art Long"], ["Mike"], ["Zed"]]
@@ -279,3 +267,18 @@ def test_table_choice_for_a_database_of_many_tables(t2s, tmp_path):
     assert all(f'"{t}"' in every[-1]["content"] for t in ("t_airports", "t_players", "t_albums", "t_cars"))
     named = t2s.messages("Which players are from Serbia?", db=path, tables=["t_cars"])
     assert 'CREATE TABLE "t_cars"' in named[-1]["content"] and "t_players" not in named[-1]["content"]
+
+
+def test_the_api_imports_no_mlx_until_a_model_loads(db):
+    """Options, answers, prompts and execution are pure Python: a server can check input and
+    run queries before (or without) loading MLX."""
+    import subprocess
+
+    code = ("import sys; from mlx_text2sql.api import AskOptions, execute_sql, Text2SQL; "
+            "from mlx_text2sql.inference.questions import PromptBuilder; "
+            f"PromptBuilder().messages('q', db={str(db)!r}); AskOptions().check(); "
+            f"assert execute_sql({str(db)!r}, 'SELECT 1').rows == [[1]]; "
+            "assert 'mlx.core' not in sys.modules and 'mlx_lm' not in sys.modules, 'MLX imported'")
+    root = Path(__file__).resolve().parent.parent
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr

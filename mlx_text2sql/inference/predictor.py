@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 from ..errors import ConfigError, InputError
 from .answers import NO_SQL, Answer, AskOptions, Question, QueryResult, Timings, run_query
 from .questions import PromptBuilder
-from .refine import GuideSettings, Refiner
+from .refine import Refiner
 
 Progress = Callable[[int], None]
 
@@ -74,20 +74,21 @@ class Predictor:
         out = []
         for i, item in enumerate(questions):
             q = _question(item, db, schema)
-            where = f"question {i}" if len(questions) > 1 else "question"
+            where = f"question {i}" if len(questions) > 1 else None
             out.append(self._prepare_one(q, options, where))
         if not out:
             raise InputError("no questions to ask")
         return out
 
-    def _prepare_one(self, q: Question, options: AskOptions, where: str) -> Prepared:
+    def _prepare_one(self, q: Question, options: AskOptions, where: str | None) -> Prepared:
         t = time.perf_counter()
+        at = f"{where}: " if where else ""
         if not isinstance(q.question, str):
-            raise InputError("the question must be a string", where)
+            raise InputError(f"{at}the question must be a string")
         if q.db is not None and q.schema is not None and q.messages is None:
-            raise ConfigError(f"{where}: give a database or a schema, not both")
+            raise ConfigError(f"{at}give a database or a schema, not both")
         if q.messages is not None:
-            messages = check_messages(q.messages, where)
+            messages = check_messages(q.messages, where or "messages")
         else:
             try:
                 messages = self.builder.messages(
@@ -95,7 +96,7 @@ class Predictor:
                     sample_rows=options.sample_rows, value_hints=options.value_hints,
                     select_schema=options.select_schema)
             except InputError as e:
-                raise InputError(e.reason if e.path else f"{where}: {e.reason}", e.path, e.line) from None
+                raise InputError(e.reason if e.path else at + e.reason, e.path, e.line) from None
         return Prepared(q, messages, q.db, q.schema, time.perf_counter() - t)
 
     # ----------------------------------------------------------------- answers
@@ -132,15 +133,10 @@ class Predictor:
             return None, [0.0] * len(prepared)
         from ..guided import Item
 
-        settings = GuideSettings(samples=options.exec_guided, temp=options.guided_temp,
-                                 top_p=options.guided_top_p, seed=options.seed or 0,
-                                 max_tokens=options.max_tokens, batch_size=options.batch_size,
-                                 timeout_s=options.timeout_s)
         items = [Item(p.messages, sql or "", str(p.db) if p.db is not None else None, p.question.question,
                       case_insensitive=p.question.case_insensitive) for p, sql in zip(prepared, sqls)]
         t = time.perf_counter()
-        choices = self.refiner.refine(settings, items, fix_values=options.fix_values,
-                                      progress=progress, announce=announce)
+        choices = self.refiner.refine(options, items, progress=progress, announce=announce)
         spent = time.perf_counter() - t
         retried = [c.reason is not None for c in choices]
         share = [1] * len(choices) if not any(retried) else retried

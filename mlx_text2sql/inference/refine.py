@@ -10,25 +10,10 @@ database are left as they are.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from ..guided import Choice, ExecutionGuide, Item
-
-
-@dataclass(frozen=True)
-class GuideSettings:
-    """Execution-guided decoding: ``samples`` replies sampled at ``temp`` / ``top_p`` for each
-    query that fails; ``seed`` starts the sampling stream; ``max_tokens`` and ``batch_size``
-    as for greedy decoding; ``timeout_s`` bounds each check on the database."""
-
-    samples: int
-    temp: float = 0.7
-    top_p: float = 0.95
-    seed: int = 0
-    max_tokens: int = 160
-    batch_size: int = 16
-    timeout_s: float = 5.0
+from .answers import AskOptions
 
 
 class Refiner:
@@ -55,24 +40,28 @@ class Refiner:
             return sql, []
         return self.repairer.fix(sql, db, question)
 
-    def guide(self, settings: GuideSettings, fix_values: bool = False) -> ExecutionGuide:
-        """The execution guide for ``settings`` (one per setting, kept across calls)."""
-        key = (settings, fix_values)
+    def guide(self, options: AskOptions) -> ExecutionGuide:
+        """The execution guide for the options' sampling settings (``exec_guided`` samples at
+        ``guided_temp`` / ``guided_top_p``, the sampling stream starting at ``seed``,
+        ``max_tokens`` and ``batch_size`` as for greedy decoding, ``timeout_s`` per check;
+        samples value-repaired with ``fix_values``): one per setting, kept across calls."""
+        key = (options.exec_guided, options.guided_temp, options.guided_top_p, options.seed or 0,
+               options.max_tokens, options.batch_size, options.timeout_s, options.fix_values)
         if key not in self._guides:
             self._guides[key] = ExecutionGuide(
-                self.gen, samples=settings.samples, temp=settings.temp, top_p=settings.top_p,
-                seed=settings.seed, max_tokens=settings.max_tokens, batch_size=settings.batch_size,
-                timeout_s=settings.timeout_s, repairer=self.repairer if fix_values else None)
+                self.gen, samples=options.exec_guided, temp=options.guided_temp, top_p=options.guided_top_p,
+                seed=options.seed or 0, max_tokens=options.max_tokens, batch_size=options.batch_size,
+                timeout_s=options.timeout_s, repairer=self.repairer if options.fix_values else None)
         return self._guides[key]
 
-    def refine(self, settings: GuideSettings, items: Sequence[Item], *, fix_values: bool = False,
+    def refine(self, options: AskOptions, items: Sequence[Item], *,
                progress: Callable[[int], None] | None = None,
                announce: Callable[[int], None] | None = None) -> list[Choice]:
         """One :class:`~mlx_text2sql.guided.Choice` per item: queries that fail on their
         database (an error, or no rows) replaced by the result most sampled replies agree on;
         one batched sampling call for all of them. ``announce(n)``: the number of replies
         about to be sampled; ``progress(k)``: as they finish."""
-        return self.guide(settings, fix_values).refine(items, progress=progress, announce=announce)
+        return self.guide(options).refine(items, progress=progress, announce=announce)
 
     def close(self) -> None:
         """Close the databases value repair opened."""
