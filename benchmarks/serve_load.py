@@ -74,7 +74,8 @@ def cpu_seconds(pid: int) -> float | None:
 def start_server(args, port: int, log_path: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "mlx_text2sql.serve", "--host", "127.0.0.1", "--port", str(port),
            "--db", f"{args.db_name}={args.db}", "--log-level", "warning", "--max-queue", str(4 * args.clients),
-           "--max-batch", str(args.clients), "--request-timeout", str(args.request_timeout)]
+           "--max-batch", str(args.clients), "--request-timeout", str(args.request_timeout),
+           "--batch-window-ms", str(args.batch_window_ms)]
     if args.model:
         cmd += ["--model", args.model]
     if args.adapter_path:
@@ -175,6 +176,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-tokens", type=int, default=64, help="reply limit (default 64)")
     p.add_argument("--request-timeout", type=float, default=3600,
                    help="the server's time limit per request (default 3600: a busy machine is measured, not refused)")
+    p.add_argument("--batch-window-ms", type=float, default=5.0,
+                   help="the server's collection window (default 5, as serve's)")
     p.add_argument("--out", default=None, help="also write the figures as JSON here")
     args = p.parse_args(argv)
 
@@ -204,6 +207,7 @@ def main(argv=None) -> int:
         seq, seq_wall = run_sequential(url, args, questions)
         c2 = cpu_seconds(proc.pid)
         print(f"sequential: {len(seq)} requests in {seq_wall:.1f} s", file=sys.stderr)
+        health_before_conc = wait_healthy(url, proc, log_path)
         conc, conc_wall = run_concurrent(url, args, questions)
         c3 = cpu_seconds(proc.pid)
         print(f"concurrent ({args.clients} clients): {len(conc)} requests in {conc_wall:.1f} s", file=sys.stderr)
@@ -229,6 +233,7 @@ def main(argv=None) -> int:
         "cpu_ratio": (s_seq["server_cpu_s"] / s_conc["server_cpu_s"]
                       if s_seq.get("server_cpu_s") and s_conc.get("server_cpu_s") else None),
         "identical_replies": same, "batches": health_after.get("batches"),
+        "concurrent_batches": health_after.get("batches", 0) - health_before_conc.get("batches", 0),
         "prefix_cache": health_after.get("prefix_cache"),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.system()} {platform.release()}",
         "load_before": load_before, "load_after": load_after,

@@ -75,7 +75,9 @@ class BatchStats:
     batches: int = 0
     jobs: int = 0
     largest: int = 0
-    dropped: int = 0  # results of cancelled jobs thrown away
+    submitted: int = 0
+    cancelled: int = 0  # jobs whose client left or ran out of time
+    dropped: int = 0  # results of cancelled jobs thrown away (they were decoding)
     seconds: float = 0.0
     sizes: list[int] = field(default_factory=list)  # the last 1000 batch sizes
 
@@ -134,6 +136,7 @@ class Batcher:
             if self._inflight >= self.max_queue:
                 raise Overloaded(self._inflight, self.retry_after())
             self._inflight += 1
+            self.stats.submitted += 1
             self._pending.append(job)
             self._cond.notify_all()
 
@@ -143,6 +146,7 @@ class Batcher:
             if job.cancelled or job.finished is not None:
                 return
             job.cancelled = True
+            self.stats.cancelled += 1
             try:
                 self._pending.remove(job)
             except ValueError:
@@ -187,6 +191,11 @@ class Batcher:
                 return
             if not batch:
                 continue
+            s = self.stats  # counted before the answers go out, so a client sees its batch
+            s.batches += 1
+            s.jobs += len(batch)
+            s.largest = max(s.largest, len(batch))
+            s.sizes = (s.sizes + [len(batch)])[-1000:]
             t = time.perf_counter()
             try:
                 self._answer(batch)
@@ -196,12 +205,7 @@ class Batcher:
                     self._settle(job, error=e)
             seconds = time.perf_counter() - t
             self._batch_s = 0.7 * self._batch_s + 0.3 * seconds
-            s = self.stats
-            s.batches += 1
-            s.jobs += len(batch)
-            s.largest = max(s.largest, len(batch))
             s.seconds += seconds
-            s.sizes = (s.sizes + [len(batch)])[-1000:]
 
     def _answer(self, batch: list[Job]) -> None:
         try:

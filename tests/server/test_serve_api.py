@@ -186,24 +186,29 @@ def test_time_limit_answers_503_and_frees_the_place(serve, programmed_service, m
 
 
 def test_a_client_that_disconnects_frees_its_place(serve, programmed_service, music_db):
-    s = serve(programmed_service, [music_db], limits=Limits(batch_window_s=3.0))
+    # A long collection window keeps each request waiting until its client leaves.
+    s = serve(programmed_service, [music_db], limits=Limits(batch_window_s=5.0))
+    stats = s.batcher.stats
+
+    def settle(submitted: int) -> None:
+        deadline = time.monotonic() + 4
+        while (stats.submitted < submitted or s.batcher.queued) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(s.url + "/v1/sql", json={"database": "music", "question": "q"}, timeout=0.3)
-    deadline = time.monotonic() + 2.5
-    while s.batcher.queued and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert s.batcher.queued == 0
+    settle(1)
+    assert (stats.submitted, stats.cancelled, s.batcher.queued, stats.batches) == (1, 1, 0, 0)
     # mid-stream: read the first event, then leave
     chat = {"model": default_model_id(programmed_service), "messages": [{"role": "user", "content": "hi"}], "stream": True}
     with httpx.stream("POST", s.url + "/v1/chat/completions", json=chat, timeout=30) as r:
         assert r.status_code == 200
         first = next(r.iter_lines())
         assert first.startswith("data: ") and json.loads(first[6:])["choices"][0]["delta"]["role"] == "assistant"
-        assert s.batcher.queued == 1, (s.batcher.stats, s.batcher._pending)
-    deadline = time.monotonic() + 2.5
-    while s.batcher.queued and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert s.batcher.queued == 0
+        assert stats.submitted == 2
+    settle(2)
+    # both left the queue because their clients left, before any batch ran
+    assert (stats.submitted, stats.cancelled, s.batcher.queued, stats.batches) == (2, 2, 0, 0)
 
 
 # --------------------------------------------------------------------------- API key, hosts
