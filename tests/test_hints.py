@@ -17,7 +17,7 @@ from mlx_text2sql.hints import (Hint, ValueIndex, find_spans, hints_from_values,
 from mlx_text2sql.prompts import build_messages, record_messages
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_engine import make_programmed_model  # noqa: E402
+from tinymodels import make_programmed_model  # noqa: E402
 
 FIX = Path(__file__).parent / "fixtures" / "convert" / "wikisql"
 
