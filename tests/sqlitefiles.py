@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -16,3 +17,19 @@ def make_sqlite(path: Path, *tables: tuple[str, str, list[tuple]]) -> Path:
     con.commit()
     con.close()
     return path
+
+
+def spider_folder(fixture: Path, dest: Path, db_id: str,
+                  files: tuple[str, ...] = ("tables.json", "train_spider.json", "dev.json")) -> Path:
+    """A folder in Spider's layout at ``dest`` (created): ``files`` copied from ``fixture`` and
+    ``database/<db_id>/<db_id>.sqlite`` built from ``fixture/<db_id>.sql``. Returns the
+    database file."""
+    dest.mkdir()
+    for name in files:
+        shutil.copy(fixture / name, dest / name)
+    db = dest / "database" / db_id / f"{db_id}.sqlite"
+    db.parent.mkdir(parents=True)
+    con = sqlite3.connect(db)
+    con.executescript((fixture / f"{db_id}.sql").read_text())
+    con.close()
+    return db
