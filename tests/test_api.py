@@ -16,7 +16,7 @@ from mlx_text2sql.errors import ConfigError, InputError
 from mlx_text2sql.prompts import build_messages
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_engine import make_programmed_model  # noqa: E402
+from tinymodels import make_programmed_model  # noqa: E402
 from test_generate import db  # noqa: E402,F401  (singer: Art Long 31, Mike 40, Butler 25, Zed 52; concert)
 
 REPLY = "SELECT name FROM singer WHERE age > 30"

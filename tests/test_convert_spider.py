@@ -4,11 +4,12 @@ databases, and the published hardness rules table-driven."""
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 from pathlib import Path
 
 import pytest
+
+from sqlitefiles import spider_folder
 
 from mlx_text2sql.convert import main
 from mlx_text2sql.errors import ConfigError, InputError
@@ -23,14 +24,7 @@ FIX = Path(__file__).parent / "fixtures" / "convert" / "spider"
 def spider_dir(tmp_path):
     """The fixture folder with its database built from bookshop.sql (no_file_db has none)."""
     src = tmp_path / "spider"
-    src.mkdir()
-    for name in ("dev.json", "tables.json"):
-        shutil.copy(FIX / name, src / name)
-    db = src / "database" / "bookshop" / "bookshop.sqlite"
-    db.parent.mkdir(parents=True)
-    con = sqlite3.connect(db)
-    con.executescript((FIX / "bookshop.sql").read_text())
-    con.close()
+    spider_folder(FIX, src, "bookshop", ("dev.json", "tables.json"))
     (src / "database" / "no_file_db").mkdir()
     (src / "database" / "no_file_db" / "no_file_db.sqlite").write_bytes(b"")  # as wta_1 ships
     return src

@@ -132,7 +132,7 @@ def test_an_interrupted_run_keeps_its_results_and_resume_generates_only_the_rest
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_engine import make_programmed_model
+    from tinymodels import make_programmed_model
 
     from mlx_text2sql.engine import SQLGenerator
 

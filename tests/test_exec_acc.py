@@ -5,11 +5,11 @@ and a real (tiny) training run reports it at every evaluation but step 0."""
 from __future__ import annotations
 
 import json
-import shutil
-import sqlite3
 from pathlib import Path
 
 import pytest
+
+from sqlitefiles import spider_folder
 
 from mlx_text2sql.convert import main as convert_main
 from mlx_text2sql.tuner import exec_acc
@@ -22,14 +22,7 @@ def school_data(tmp_path_factory):
     """The school fixture converted (train: its train questions, valid: its dev questions)."""
     root = tmp_path_factory.mktemp("school")
     src = root / "spider"
-    src.mkdir()
-    for name in ("tables.json", "train_spider.json", "dev.json"):
-        shutil.copy(FIX / name, src / name)
-    db = src / "database" / "school" / "school.sqlite"
-    db.parent.mkdir(parents=True)
-    con = sqlite3.connect(db)
-    con.executescript((FIX / "school.sql").read_text())
-    con.close()
+    spider_folder(FIX, src, "school")
     out = root / "data"
     assert convert_main(["spider", str(src), "--out", str(out), "--no-progress", "--keep-splits",
                          "--split-map", "dev=valid", "--select-tables", "--value-hints"]) == 0

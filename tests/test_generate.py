@@ -16,7 +16,7 @@ from mlx_text2sql import generate
 from mlx_text2sql.prompts import SYSTEM_PROMPT, build_messages, render_chat
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_engine import make_programmed_model  # noqa: E402
+from tinymodels import make_programmed_model  # noqa: E402
 
 REPLY = "SELECT name FROM singer WHERE age > 30"
 SCHEMA = "CREATE TABLE singer (name TEXT, age INT)"

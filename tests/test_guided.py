@@ -6,7 +6,6 @@ end."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from mlx_text2sql.guided import ExecutionGuide, Item, verdict
 from mlx_text2sql.prompts import build_messages
 
 sys.path.insert(0, str(Path(__file__).parent))
+from sqlitefiles import make_sqlite  # noqa: E402
 
 GOOD = "SELECT \"Home\" FROM \"games\" WHERE \"Visitor\" = 'Montreal Canadiens'"
 OTHER = "SELECT \"Home\" FROM \"games\" WHERE \"Visitor\" = 'Buffalo Sabres'"
@@ -26,17 +26,11 @@ BROKEN = "SELECT \"Home\" FROM \"games\" WHERE \"Nope\" = 1 AND"
 
 @pytest.fixture()
 def db(tmp_path):
-    path = tmp_path / "nhl.sqlite"
-    con = sqlite3.connect(path)
-    con.execute('CREATE TABLE "games" ("Visitor" TEXT, "Home" TEXT, "Score" REAL)')
-    con.executemany('INSERT INTO "games" VALUES (?, ?, ?)', [
+    return make_sqlite(tmp_path / "nhl.sqlite", ("games", '"Visitor" TEXT, "Home" TEXT, "Score" REAL', [
         ("Montreal Canadiens", "Boston Bruins", 3.0),
         ("Buffalo Sabres", "Ottawa", 4.0),
         ("Toronto Maple Leafs", "Boston Bruins", None),
-    ])
-    con.commit()
-    con.close()
-    return path
+    ]))
 
 
 def test_verdict(db):

@@ -17,26 +17,19 @@ from mlx_text2sql.hints import (Hint, ValueIndex, find_spans, hints_from_values,
 from mlx_text2sql.prompts import build_messages, record_messages
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_engine import make_programmed_model  # noqa: E402
+from sqlitefiles import make_sqlite  # noqa: E402
+from tinymodels import make_programmed_model  # noqa: E402
 
 FIX = Path(__file__).parent / "fixtures" / "convert" / "wikisql"
 
 
 @pytest.fixture()
 def db(tmp_path):
-    path = tmp_path / "teams.sqlite"
-    con = sqlite3.connect(path)
-    con.execute('CREATE TABLE "team" ("Name" TEXT, "City" TEXT, "No." TEXT, "Founded" REAL, "Note" TEXT)')
-    con.executemany('INSERT INTO "team" VALUES (?, ?, ?, ?, ?)', [
+    return make_sqlite(tmp_path / "teams.sqlite", ("team", '"Name" TEXT, "City" TEXT, "No." TEXT, "Founded" REAL, "Note" TEXT', [
         ("Milwaukee Bucks", "Milwaukee", "10", 1968.0, "a"),
         ("Springfield Giants", "Springfield, Ohio", "7", 1901.0, None),
         ("Ohio Stars", "Columbus", "10", 1950.5, "Ohio"),
-    ])
-    con.execute('CREATE TABLE "arena" ("Team" TEXT, "Seats" INTEGER)')
-    con.executemany('INSERT INTO "arena" VALUES (?, ?)', [("Milwaukee Bucks", 17500), ("Ohio Stars", 900)])
-    con.commit()
-    con.close()
-    return path
+    ]), ("arena", '"Team" TEXT, "Seats" INTEGER', [("Milwaukee Bucks", 17500), ("Ohio Stars", 900)]))
 
 
 def test_literals_and_normalization():

@@ -4,7 +4,6 @@ model got right, and every unclear case, is left alone. End to end through evalu
 from __future__ import annotations
 
 import json
-import sqlite3
 import sys
 from pathlib import Path
 
@@ -16,25 +15,19 @@ from mlx_text2sql.prompts import build_messages
 from mlx_text2sql.repair import Repairer, fix_values
 
 sys.path.insert(0, str(Path(__file__).parent))
+from sqlitefiles import make_sqlite  # noqa: E402
 
 
 @pytest.fixture()
 def db(tmp_path):
-    path = tmp_path / "nhl.sqlite"
-    con = sqlite3.connect(path)
-    con.execute('CREATE TABLE "games" ("Visitor" TEXT COLLATE NOCASE, "Home" TEXT COLLATE NOCASE, "Date" TEXT, "Score" REAL)')
-    con.executemany('INSERT INTO "games" VALUES (?, ?, ?, ?)', [
+    games = '"Visitor" TEXT COLLATE NOCASE, "Home" TEXT COLLATE NOCASE, "Date" TEXT, "Score" REAL'
+    return make_sqlite(tmp_path / "nhl.sqlite", ("games", games, [
         ("Montreal Canadiens", "Boston Bruins", "February 12", 3.0),
         ("Toronto Maple Leafs", "Montreal Canadiens", "February 14", 2.0),
         ("Twickenham , London", "Sofia", "March 1", 1.0),
         ("Buffalo Sabres", "Boston Bruins", "March 2", 4.0),
         ("Buffalo Sabers", "Ottawa", "March 3", 5.0),
-    ])
-    con.execute('CREATE TABLE "teams" ("Team" TEXT, "City" TEXT)')
-    con.executemany('INSERT INTO "teams" VALUES (?, ?)', [("Montreal Canadiens", "Montreal")])
-    con.commit()
-    con.close()
-    return path
+    ]), ("teams", '"Team" TEXT, "City" TEXT', [("Montreal Canadiens", "Montreal")]))
 
 
 def test_a_miscopied_value_gets_the_cell(db):

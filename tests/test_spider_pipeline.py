@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 from pathlib import Path
 
 import pytest
+
+from sqlitefiles import spider_folder
 
 from mlx_text2sql.convert import main as convert_main
 
@@ -23,14 +24,7 @@ def school(tmp_path_factory, tiny_llama):
 
     root = tmp_path_factory.mktemp("school")
     src = root / "spider"
-    src.mkdir()
-    for name in ("tables.json", "train_spider.json", "dev.json"):
-        shutil.copy(FIX / name, src / name)
-    db = src / "database" / "school" / "school.sqlite"
-    db.parent.mkdir(parents=True)
-    con = sqlite3.connect(db)
-    con.executescript((FIX / "school.sql").read_text())
-    con.close()
+    db = spider_folder(FIX, src, "school")
     data = root / "data"
     assert convert_main(["spider", str(src), "--out", str(data), "--no-progress", "--keep-splits",
                          "--split-map", "dev=test", "--valid-fraction", "0", "--select-tables",

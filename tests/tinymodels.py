@@ -95,3 +95,52 @@ def make_tiny_model(path, arch: str = "llama", template: str | None = "chatml", 
     mx.save_safetensors(str(path / "model.safetensors"), weights, metadata={"format": "mlx"})
     (path / "config.json").write_text(json.dumps(config, indent=2))
     return path
+
+
+def make_programmed_model(path, reply: str, template: str = "chatml", arch: str = "llama",
+                          end: str | None = "eos") -> Path:
+    """A tiny model whose greedy reply to any prompt (ending like the template's generation
+    prompt) is ``reply``, followed by the template's EOS token (``end="eos"``), or by nothing
+    in particular (``end=None``: the last reply token loops to itself).
+
+    How: attention and MLP outputs are zeroed, so the final hidden state is the (normalised)
+    embedding of the current token: a bigram machine. Each token of the chain (the prompt's
+    last token, then the reply's tokens) gets a one-hot embedding e_k, and the output row of
+    its successor is 10 * e_k, which beats every random logit by far.
+    """
+    import mlx.core as mx
+    import numpy as np
+
+    from mlx_text2sql.engine import SQLGenerator
+    from mlx_text2sql.models import load_model
+    from mlx_text2sql.prompts import build_messages, get_template
+
+    path = make_tiny_model(path, arch, template)
+    lm = load_model(str(path))
+    gen = SQLGenerator(lm)
+    last = gen.prompt_tokens(build_messages("q", "CREATE TABLE t (a INT)"))[-1]
+    reply_ids = lm.tokenizer.encode(reply, add_special_tokens=False)
+    chain = [last] + list(reply_ids)
+    if end == "eos":
+        eos = get_template(template).eos
+        chain.append(lm.tokenizer.convert_tokens_to_ids(eos))
+    assert len(set(chain)) == len(chain), f"tokens repeat in {chain}: pick another reply"
+    weights = dict(mx.load(str(path / "model.safetensors")))
+    hidden = weights["model.embed_tokens.weight"].shape[1]
+    assert len(chain) <= hidden
+    embed = np.array(weights["model.embed_tokens.weight"])
+    head = np.array(weights["lm_head.weight"])
+    for k, tok in enumerate(chain):
+        embed[tok] = 0.0
+        embed[tok, k] = 1.0
+        nxt = chain[k + 1] if k + 1 < len(chain) else (tok if end is None else None)
+        if nxt is not None:
+            head[nxt] = 0.0
+            head[nxt, k] = 10.0
+    weights["model.embed_tokens.weight"] = mx.array(embed)
+    weights["lm_head.weight"] = mx.array(head)
+    for name in list(weights):
+        if name.endswith(("self_attn.o_proj.weight", "mlp.down_proj.weight")):
+            weights[name] = mx.zeros_like(weights[name])
+    mx.save_safetensors(str(path / "model.safetensors"), weights, metadata={"format": "mlx"})
+    return path

@@ -6,7 +6,8 @@
 - :mod:`.records`: prompts for JSONL records (``generate --input``);
 - :mod:`.refine`: value repair and execution-guided decoding of generated queries;
 - :mod:`.predictor`: one batched pass from questions to answers (generation, refinement,
-  read-only execution, timings), which :class:`mlx_text2sql.api.Text2SQL` exposes.
-
-The batched engine itself is :mod:`mlx_text2sql.engine`.
+  read-only execution, timings), which :class:`mlx_text2sql.api.Text2SQL` exposes;
+- :mod:`.engine`: the batched generation engine under all of them (:class:`~.engine.SQLGenerator`:
+  shared-prefix KV cache, continuous batching, prompt-lookup drafts), also importable as
+  :mod:`mlx_text2sql.engine`.
 """

@@ -11,7 +11,7 @@ import pytest
 
 from mlx_text2sql import sqlexec
 from mlx_text2sql.errors import InputError
-from mlx_text2sql.metrics import (case_insensitive_sql, evaluate_prediction, exact_match,
+from mlx_text2sql.scoring import (case_insensitive_sql, evaluate_prediction, exact_match,
                                   format_summary, normalize_sql, order_matters, results_match,
                                   spider_hardness, summarize)
 

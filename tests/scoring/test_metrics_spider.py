@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlx_text2sql.metrics import evaluate_prediction, results_match
+from mlx_text2sql.scoring import evaluate_prediction, results_match
 
 CASES = [
     # gold rows, predicted rows, ordered, spider (exact) verdict, lenient (WikiSQL) verdict

@@ -11,14 +11,16 @@ reply, so stopping and extraction have a known answer.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 import pytest
 from mlx_lm.generate import generate_step
 
-from mlx_text2sql.engine import PrefixStore, SQLGenerator, _lcp
+from tinymodels import make_programmed_model
+
+from mlx_text2sql.inference.engine import PrefixStore, SQLGenerator
+from mlx_text2sql.inference.engine.cache import _lcp
 from mlx_text2sql.models import load_model
 from mlx_text2sql.prompts import build_messages
 
@@ -47,55 +49,6 @@ def reference_tokens(lm, tokens, n):
 
 
 # --------------------------------------------------------------------------- programmed models
-
-def make_programmed_model(path, reply: str, template: str = "chatml", arch: str = "llama",
-                          end: str | None = "eos") -> Path:
-    """A tiny model whose greedy reply to any prompt (ending like the template's generation
-    prompt) is ``reply``, followed by the template's EOS token (``end="eos"``), or by nothing
-    in particular (``end=None``: the last reply token loops to itself).
-
-    How: attention and MLP outputs are zeroed, so the final hidden state is the (normalised)
-    embedding of the current token: a bigram machine. Each token of the chain (the prompt's
-    last token, then the reply's tokens) gets a one-hot embedding e_k, and the output row of
-    its successor is 10 * e_k, which beats every random logit by far.
-    """
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from tinymodels import make_tiny_model
-
-    from mlx_text2sql.prompts import get_template
-
-    path = make_tiny_model(path, arch, template)
-    lm = load_model(str(path))
-    gen = SQLGenerator(lm)
-    last = gen.prompt_tokens(build_messages("q", "CREATE TABLE t (a INT)"))[-1]
-    reply_ids = lm.tokenizer.encode(reply, add_special_tokens=False)
-    chain = [last] + list(reply_ids)
-    if end == "eos":
-        eos = get_template(template).eos
-        chain.append(lm.tokenizer.convert_tokens_to_ids(eos))
-    assert len(set(chain)) == len(chain), f"tokens repeat in {chain}: pick another reply"
-    weights = dict(mx.load(str(path / "model.safetensors")))
-    hidden = weights["model.embed_tokens.weight"].shape[1]
-    assert len(chain) <= hidden
-    embed = np.array(weights["model.embed_tokens.weight"])
-    head = np.array(weights["lm_head.weight"])
-    for k, tok in enumerate(chain):
-        embed[tok] = 0.0
-        embed[tok, k] = 1.0
-        nxt = chain[k + 1] if k + 1 < len(chain) else (tok if end is None else None)
-        if nxt is not None:
-            head[nxt] = 0.0
-            head[nxt, k] = 10.0
-    weights["model.embed_tokens.weight"] = mx.array(embed)
-    weights["lm_head.weight"] = mx.array(head)
-    for name in list(weights):
-        if name.endswith(("self_attn.o_proj.weight", "mlp.down_proj.weight")):
-            weights[name] = mx.zeros_like(weights[name])
-    mx.save_safetensors(str(path / "model.safetensors"), weights, metadata={"format": "mlx"})
-    return path
-
 
 @pytest.fixture(scope="module")
 def programmed(tmp_path_factory):
@@ -186,7 +139,7 @@ def test_questions_on_one_schema_share_its_prefill(lm_random):
 
 
 def test_prefix_store_lookup_and_byte_bound():
-    from mlx_text2sql.engine import _Prefix
+    from mlx_text2sql.inference.engine.cache import _Prefix
 
     def entry(tokens):
         kv = [(mx.zeros((1, 1, len(tokens), 4)), mx.zeros((1, 1, len(tokens), 4)))]
@@ -334,7 +287,7 @@ def test_models_with_sliding_window_caches_are_not_batched(lm_random):
         def make_cache(self):
             return [RotatingKVCache(max_size=16) for _ in self.layers]
 
-    from mlx_text2sql.engine import _supports_batching
+    from mlx_text2sql.inference.engine.kernels import _supports_batching
 
     assert _supports_batching(lm_random.model)
     assert not _supports_batching(Windowed())
@@ -383,7 +336,7 @@ def test_right_guesses_save_steps(programmed):
 
 
 def test_lookup_drafts():
-    from mlx_text2sql.engine import _Lookup
+    from mlx_text2sql.inference.engine.rows import _Lookup
 
     lk = _Lookup([1, 2, 3, 4, 5, 2, 3])
     assert lk.draft(3) == [4, 5, 2]  # after the earlier "2 3" came "4 5 2"
@@ -401,7 +354,7 @@ def test_lookup_drafts():
 @pytest.mark.parametrize("heads, kv_heads, L", [(9, 3, 1), (9, 3, 5), (4, 4, 1), (4, 2, 3)])
 @pytest.mark.parametrize("mask_kind", ["none", "causal", "bool", "additive"])
 def test_decode_attention_matches_mlx_fast_sdpa(heads, kv_heads, L, mask_kind):
-    from mlx_text2sql.engine import decode_attention
+    from mlx_text2sql.inference.engine import decode_attention
 
     if mask_kind == "none" and L > 1:
         pytest.skip("several queries always come with a mask")
@@ -425,7 +378,7 @@ def test_attention_wrapper_takes_only_engine_calls(lm_random, monkeypatch):
 
     from mlx_lm.models.cache import KVCache
 
-    import mlx_text2sql.engine as engine
+    from mlx_text2sql.inference.engine import cache, kernels
 
     SQLGenerator(lm_random)
     module = sys.modules[type(lm_random.model).__module__]
@@ -434,17 +387,17 @@ def test_attention_wrapper_takes_only_engine_calls(lm_random, monkeypatch):
     SQLGenerator(lm_random)  # wrapped once only
     assert module.scaled_dot_product_attention is wrapped
     seen = []
-    monkeypatch.setattr(engine, "decode_attention", lambda *a: seen.append("ours") or a[0])
+    monkeypatch.setattr(kernels, "decode_attention", lambda *a: seen.append("ours") or a[0])
     q, kv = mx.zeros((1, 2, 1, 4)), mx.zeros((1, 2, 3, 4))
     wrapped(q, kv, kv, cache=KVCache(), scale=1.0, mask=None)  # mlx_lm's own cache: the original
-    batch = engine._Batch(np.ones((1, 3), dtype=bool), np.array([3]))
-    wrapped(q, kv, kv, cache=engine._LayerCache(batch), scale=1.0, mask=None)
-    wrapped(mx.zeros((1, 2, 9, 4)), kv, kv, cache=engine._LayerCache(batch), scale=1.0, mask="causal")
+    batch = cache._Batch(np.ones((1, 3), dtype=bool), np.array([3]))
+    wrapped(q, kv, kv, cache=cache._LayerCache(batch), scale=1.0, mask=None)
+    wrapped(mx.zeros((1, 2, 9, 4)), kv, kv, cache=cache._LayerCache(batch), scale=1.0, mask="causal")
     assert seen == ["ours"]  # a 9-query prefill block went to the original too
 
 
 def test_prefill_blocks_project_only_the_last_column(lm_random):
-    from mlx_text2sql.engine import _backbone_and_head
+    from mlx_text2sql.inference.engine.kernels import _backbone_and_head
 
     backbone, head = _backbone_and_head(lm_random.model)
     x = mx.array([[5, 9, 2, 7, 1]])
@@ -460,7 +413,7 @@ ATTENTION_SHAPES = [(9, 3, 1, 17), (9, 3, 5, 17), (4, 2, 17, 17), (4, 4, 30, 41)
 @pytest.mark.parametrize("heads, kv_heads, L, T", ATTENTION_SHAPES)
 @pytest.mark.parametrize("mask_kind", ["none", "causal", "bool", "bool-2d", "additive", "additive-f16"])
 def test_host_attention_matches_mlx_fast_sdpa(heads, kv_heads, L, T, mask_kind):
-    from mlx_text2sql.engine import host_attention
+    from mlx_text2sql.inference.engine import host_attention
 
     if mask_kind == "none" and L > 1:
         pytest.skip("several queries always come with a mask")
@@ -482,7 +435,7 @@ def test_host_attention_matches_mlx_fast_sdpa(heads, kv_heads, L, T, mask_kind):
 
 
 def test_host_attention_keeps_a_half_precision_models_dtype():
-    from mlx_text2sql.engine import host_attention
+    from mlx_text2sql.inference.engine import host_attention
 
     rng = np.random.default_rng(3)
     q, k, v = (mx.array(rng.standard_normal((2, 4, 3, 8)).astype(np.float16)) for _ in range(3))
@@ -497,7 +450,7 @@ def test_host_swiglu_matches_mlx_lms_swiglu_without_warnings():
 
     from mlx_lm.models.activations import swiglu
 
-    from mlx_text2sql.engine import host_swiglu
+    from mlx_text2sql.inference.engine import host_swiglu
 
     rng = np.random.default_rng(0)
     gate = rng.standard_normal((2, 5, 24)).astype(np.float32) * 4
@@ -513,10 +466,10 @@ def test_host_swiglu_matches_mlx_lms_swiglu_without_warnings():
 
 
 def test_host_math_runs_only_while_the_engine_generates(lm_random, monkeypatch):
-    import mlx_text2sql.engine as engine
+    from mlx_text2sql.inference.engine import kernels
 
     calls = {"attention": 0, "swiglu": 0}
-    real_att, real_swiglu = engine.host_attention, engine.host_swiglu
+    real_att, real_swiglu = kernels.host_attention, kernels.host_swiglu
 
     def att(*a):
         calls["attention"] += 1
@@ -526,15 +479,15 @@ def test_host_math_runs_only_while_the_engine_generates(lm_random, monkeypatch):
         calls["swiglu"] += 1
         return real_swiglu(*a)
 
-    monkeypatch.setattr(engine, "host_attention", att)
-    monkeypatch.setattr(engine, "host_swiglu", swi)
+    monkeypatch.setattr(kernels, "host_attention", att)
+    monkeypatch.setattr(kernels, "host_swiglu", swi)
     prompts = prompts_set()[:3]
     gen = SQLGenerator(lm_random)
     assert gen.uses_host_math()  # the default on the CPU backend
     n_layers = len(lm_random.model.layers)
     out = gen.generate(prompts, max_tokens=4, batch_size=2)
     assert calls["attention"] >= n_layers and calls["swiglu"] == calls["attention"]
-    assert not engine._HOST_MATH.active
+    assert not kernels._HOST_MATH.active
 
     # mlx_lm's own generation in the same process, and a generator with it off, go untouched.
     before = dict(calls)
@@ -554,4 +507,4 @@ def test_host_math_runs_only_while_the_engine_generates(lm_random, monkeypatch):
 
     with pytest.raises(RuntimeError, match="callback failed"):
         SQLGenerator(lm_random).generate(prompts, max_tokens=4, stream_callback=boom)
-    assert not engine._HOST_MATH.active
+    assert not kernels._HOST_MATH.active
