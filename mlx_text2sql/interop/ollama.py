@@ -1,0 +1,143 @@
+"""Ollama ``Modelfile`` for an exported GGUF: chat template (Go template syntax), system prompt,
+stop strings and greedy decoding, as the adapter was trained.
+
+The Go template is chosen by rendering: each known chat format's Go template (ChatML, Zephyr,
+Mistral [INST], Llama 2, plain) is rendered with :mod:`.gotemplate` on probe conversations and
+compared with the tokenizer's own chat template (what training used); the one that gives the
+same text is written, and a tokenizer template none of them reproduces is an error. A leading
+BOS token is left to the runtime (llama.cpp adds it from the GGUF metadata), as for training.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from ..errors import ModelError
+from .gotemplate import render
+
+# {eos} is replaced by the tokenizer's EOS text. Messages are Ollama's (.Role, .Content); the
+# SYSTEM line of the Modelfile arrives as the first message when a request has none.
+_GO_TEMPLATES = {
+    "chatml": ("{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n"
+               "{{ end }}<|im_start|>assistant\n"),
+    "zephyr": "{{- range .Messages }}<|{{ .Role }}|>\n{{ .Content }}{eos}\n{{ end }}<|assistant|>\n",
+    # [INST] formats put the system text inside the first user turn.
+    "mistral": ('{{- $prev := "" }}{{- range .Messages }}'
+                '{{ if eq .Role "system" }}[INST] {{ .Content }}\n\n'
+                '{{ else if eq .Role "user" }}{{ if ne $prev "system" }}[INST] {{ end }}{{ .Content }} [/INST]'
+                '{{ else }}{{ .Content }}{eos}{{ end }}{{ $prev = .Role }}{{ end }}'),
+    "llama2": ('{{- $prev := "" }}{{- range .Messages }}'
+               '{{ if eq .Role "system" }}[INST] <<SYS>>\n{{ .Content }}\n<</SYS>>\n\n'
+               '{{ else if eq .Role "user" }}{{ if ne $prev "system" }}[INST] {{ end }}{{ .Content }} [/INST]'
+               '{{ else }} {{ .Content }} {eos}{{ end }}{{ $prev = .Role }}{{ end }}'),
+    "plain": ('{{- range .Messages }}{{ if eq .Role "assistant" }}SQL: {{ .Content }}{eos}'
+              '{{ else }}{{ .Content }}\n\n{{ end }}{{ end }}SQL: '),
+}
+
+_PROBES = [
+    [{"role": "system", "content": "You write SQL."},
+     {"role": "user", "content": "Schema:\nCREATE TABLE t (a INT);\n\nQuestion: how many rows?"}],
+    [{"role": "system", "content": "S2"}, {"role": "user", "content": "first"},
+     {"role": "assistant", "content": "SELECT 1"}, {"role": "user", "content": "second"}],
+]
+
+
+@dataclass
+class Modelfile:
+    """What a Modelfile says (the parts we write)."""
+
+    model: str
+    template: str
+    system: str
+    parameters: dict[str, list[str]] = field(default_factory=dict)
+
+
+def go_messages(messages: list[dict]) -> dict:
+    """Our chat messages as the values an Ollama template sees."""
+    msgs = [{"Role": m["role"], "Content": m["content"]} for m in messages]
+    system = next((m["content"] for m in messages if m["role"] == "system"), "")
+    return {"Messages": msgs, "System": system}
+
+
+def _expected(hf_tok, messages: list[dict]) -> str:
+    text = hf_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    bos = hf_tok.bos_token
+    return text[len(bos):] if bos and text.startswith(bos) else text
+
+
+def choose_go_template(tokenizer) -> tuple[str, str]:
+    """``(format name, Go template)`` that renders what the tokenizer's chat template does on the
+    probe conversations (the training prompt: system + user + generation prompt). ModelError
+    when none does."""
+    hf_tok = getattr(tokenizer, "_tokenizer", tokenizer)
+    eos = hf_tok.eos_token or ""
+    wanted = [_expected(hf_tok, msgs) for msgs in _PROBES[:1]]
+    multi = _expected(hf_tok, _PROBES[1])
+    single = []
+    for name, tpl in _GO_TEMPLATES.items():
+        tpl = tpl.replace("{eos}", eos)
+        if all(render(tpl, go_messages(m)) == w for m, w in zip(_PROBES, wanted)):
+            if render(tpl, go_messages(_PROBES[1])) == multi:
+                return name, tpl
+            single.append((name, tpl))
+    if single:  # right for the training prompt; multi-turn history differs only
+        return single[0]
+    raise ModelError(
+        "the tokenizer's chat template matches none of the formats an Ollama Modelfile can be written "
+        f"for ({', '.join(_GO_TEMPLATES)}); its training prompt looks like {wanted[0][:120]!r}. "
+        "Pass --no-modelfile to write the GGUF alone (llama.cpp reads the template from it)")
+
+
+def _quoted(value: str) -> str | None:
+    if '"' in value or "\n" in value or "\\" in value:
+        return None
+    return f'"{value}"'
+
+
+def modelfile_text(gguf_name: str, template: str, system: str, stops: list[str],
+                   adapter: str = "") -> tuple[str, list[str]]:
+    """The Modelfile text and the stop strings it could not carry (quotes, newlines)."""
+    for what, text in (("chat template", template), ("system prompt", system)):
+        if '"""' in text:
+            raise ModelError(f"the {what} contains '\"\"\"', which a Modelfile cannot quote")
+    lines = [f"# Ollama model for the mlx-text2sql adapter {adapter}".rstrip(),
+             "# ollama create NAME -f Modelfile && ollama run NAME", "",
+             f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""']
+    if system:
+        lines.append(f'SYSTEM """{system}"""')
+    skipped = []
+    for s in dict.fromkeys(stops):
+        q = _quoted(s)
+        if q is None:
+            skipped.append(s)
+        else:
+            lines.append(f"PARAMETER stop {q}")
+    lines.append("PARAMETER temperature 0")
+    return "\n".join(lines) + "\n", skipped
+
+
+_TRIPLE = re.compile(r'^(TEMPLATE|SYSTEM)\s+"""(.*?)"""\s*$', re.S | re.M)
+
+
+def parse_modelfile(text: str) -> Modelfile:
+    """Read back the instructions we write: FROM, TEMPLATE and SYSTEM (triple-quoted), PARAMETER."""
+    blocks = {m.group(1): m.group(2) for m in _TRIPLE.finditer(text)}
+    rest = _TRIPLE.sub("", text)
+    model, params = "", {}
+    for line in rest.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        word, _, value = line.partition(" ")
+        if word.upper() == "FROM":
+            model = value.strip()
+        elif word.upper() == "PARAMETER":
+            key, _, val = value.strip().partition(" ")
+            val = val.strip()
+            params.setdefault(key, []).append(val[1:-1] if len(val) > 1 and val[0] == val[-1] == '"' else val)
+        else:
+            raise ValueError(f"unexpected Modelfile line: {line!r}")
+    if not model or "TEMPLATE" not in blocks:
+        raise ValueError("a Modelfile needs FROM and TEMPLATE")
+    return Modelfile(model=model, template=blocks["TEMPLATE"], system=blocks.get("SYSTEM", ""), parameters=params)
