@@ -88,20 +88,23 @@ def _hf_names(folder: Path) -> set[str]:
     return set(mx.load(str(folder / "model.safetensors")))
 
 
-def test_peft_tensors_reproduce_our_weight_update(tmp_path, gguf_base, capsys):
+@pytest.mark.parametrize("dora", [False, True])
+def test_peft_tensors_reproduce_our_layers(tmp_path, gguf_base, capsys, dora):
+    """LoRA: x (s B A)^T is our layer's update; DoRA: PEFT's formula on the exported tensors
+    (rows of W x + s B A x scaled by magnitude / ||W + s B A||) is our layer's output."""
     from safetensors.numpy import load_file
 
-    adapter = make_adapter(gguf_base, tmp_path / "adapter", dequantize=True, rank=4)
+    adapter = make_adapter(gguf_base, tmp_path / "adapter", dequantize=True, rank=4, dora=dora)
     out = tmp_path / "peft"
     code, _, err = run(["--adapter-path", str(adapter), "--to", "peft", "--out", str(out)], capsys)
     assert code == 0, err
     cfg = json.loads((out / "adapter_config.json").read_text())
-    assert cfg["peft_type"] == "LORA" and cfg["r"] == 4 and cfg["base_model_name_or_path"] == str((out / "base").resolve())
+    assert cfg["peft_type"] == "LORA" and cfg["r"] == 4 and cfg["use_dora"] == dora and cfg["base_model_name_or_path"] == str((out / "base").resolve())
     scaling = cfg["lora_alpha"] / cfg["r"]
     tensors = load_file(str(out / "adapter_model.safetensors"))
     ours = load_with_adapter(adapter)
     layers = lora_layers(ours.model)
-    assert len(tensors) == 2 * len(layers) == 2 * 7 * 2  # A and B for 7 linear layers x 2 blocks
+    assert len(tensors) == (3 if dora else 2) * len(layers) == (3 if dora else 2) * 7 * 2  # 7 linear layers x 2 blocks
     base_names = _hf_names(out / "base")
     rng = np.random.default_rng(0)
     for name, layer in layers:
@@ -112,8 +115,15 @@ def test_peft_tensors_reproduce_our_weight_update(tmp_path, gguf_base, capsys):
         out_dims, in_dims = np.array(layer.linear.weight).shape
         assert A.shape == (4, in_dims) and B.shape == (out_dims, 4)
         x = rng.standard_normal((3, in_dims)).astype(np.float32)
-        ours_delta = np.array(layer(mx.array(x)) - layer.linear(mx.array(x)))
-        np.testing.assert_allclose(x @ (scaling * B @ A).T, ours_delta, atol=1e-5, rtol=1e-4)
+        W = np.array(layer.linear.weight)
+        if dora:
+            mag = tensors[f"base_model.model.{name}.lora_magnitude_vector"]
+            scale_rows = mag / np.linalg.norm(W + scaling * B @ A, axis=1)
+            peft_y = scale_rows * (x @ W.T + scaling * x @ A.T @ B.T)
+            np.testing.assert_allclose(peft_y, np.array(layer(mx.array(x))), atol=1e-5, rtol=1e-4)
+        else:
+            ours_delta = np.array(layer(mx.array(x)) - layer.linear(mx.array(x)))
+            np.testing.assert_allclose(x @ (scaling * B @ A).T, ours_delta, atol=1e-5, rtol=1e-4)
 
 
 def test_peft_targets_of_the_last_blocks_match_exactly_the_adapted_modules(tmp_path, tiny_llama, capsys):
@@ -128,13 +138,11 @@ def test_peft_targets_of_the_last_blocks_match_exactly_the_adapted_modules(tmp_p
     assert matched == {"model.layers.1.self_attn.q_proj", "model.layers.1.mlp.down_proj"}
 
 
-@pytest.mark.parametrize("what", ["qlora", "dora"])
-def test_peft_refuses_what_it_cannot_represent_and_writes_nothing(tmp_path, gguf_base, capsys, what):
-    adapter = make_adapter(gguf_base, tmp_path / "adapter", dora=what == "dora", dequantize=what == "dora")
+def test_peft_refuses_a_quantized_base_and_writes_nothing(tmp_path, gguf_base, capsys):
+    adapter = make_adapter(gguf_base, tmp_path / "adapter")  # QLoRA over the 4-bit GGUF
     out = tmp_path / "peft"
     code, _, err = run(["--adapter-path", str(adapter), "--to", "peft", "--out", str(out)], capsys)
-    assert code == 2
-    assert ("quantized base" in err and "--to mlx-lm" in err) if what == "qlora" else ("DoRA" in err and "--to mlx-lm" in err)
+    assert code == 2 and "quantized base" in err and "--to mlx-lm" in err and "--dequantize" in err
     assert not out.exists() and no_leftovers(tmp_path)
 
 

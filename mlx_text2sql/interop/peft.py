@@ -11,8 +11,12 @@ Tensor names are the module's Hugging Face path under PEFT's wrapper:
 modules' block-relative paths (PEFT matches a listed name against the end of each module
 path); an adapter on the last N blocks only gets a regular expression naming those blocks.
 
+DoRA layers also carry their magnitude vector ``m`` (out,) as ``lora_magnitude_vector`` with
+``use_dora``: both tools scale the adapted layer's output rows by ``m / ||W + delta W||`` (row
+norms), with no bias in llama-family projections.
+
 PEFT has no layer for MLX's quantized weights, and transformers cannot read them: an adapter
-trained over a quantized base (QLoRA) is refused, as are DoRA and mixture-of-experts layers.
+trained over a quantized base (QLoRA) is refused, as are mixture-of-experts layers.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ PREFIX = "base_model.model."
 def peft_problems(source: Source) -> list[str]:
     """Why this adapter cannot be written as a PEFT adapter (empty when it can)."""
     import mlx.nn as nn
+    from mlx_lm.tuner.dora import DoRALinear
     from mlx_lm.tuner.lora import LoRALinear
 
     from ..tuner.lora import lora_layers
@@ -45,11 +50,8 @@ def peft_problems(source: Source) -> list[str]:
             f"the adapter was trained over a quantized base ({len(quantized)} quantized layers, e.g. "
             f"{quantized[0]}): transformers/PEFT cannot load MLX's quantized weights. Export --to mlx-lm "
             "or --to gguf, or retrain on a dense base (train --dequantize / without --quantize)")
-    if source.settings.dora:
-        problems.append("DoRA adapters are not exported to PEFT; export --to mlx-lm or --to gguf "
-                        "(fused), or retrain without --dora")
-    others = [n for n, m in lora_layers(source.lm.model) if type(m) is not LoRALinear]
-    if others and not source.settings.dora:
+    others = [n for n, m in lora_layers(source.lm.model) if type(m) not in (LoRALinear, DoRALinear)]
+    if others:
         problems.append(f"{len(others)} LoRA layer(s) of a kind PEFT cannot represent (e.g. {others[0]}, "
                         "a mixture-of-experts layer); export --to mlx-lm instead")
     return problems
@@ -68,6 +70,8 @@ def peft_tensors(model) -> dict:
         dtype = mx.float32 if a.dtype == mx.bfloat16 else a.dtype  # NumPy has no bfloat16
         out[f"{PREFIX}{name}.lora_A.weight"] = np.ascontiguousarray(np.array(a.astype(dtype)).T)
         out[f"{PREFIX}{name}.lora_B.weight"] = np.ascontiguousarray(np.array(b.astype(dtype)).T)
+        if "m" in layer:  # DoRA magnitude (out,)
+            out[f"{PREFIX}{name}.lora_magnitude_vector"] = np.array(layer.m.astype(dtype))
     return out
 
 
@@ -97,7 +101,7 @@ def peft_config(source: Source, base_ref: str) -> dict:
         "bias": "none",
         "fan_in_fan_out": False,
         "use_rslora": False,
-        "use_dora": False,
+        "use_dora": bool(s.dora),
         "init_lora_weights": True,
         "modules_to_save": None,
         "layers_to_transform": None,
