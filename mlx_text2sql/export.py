@@ -8,6 +8,7 @@ Formats (--to):
           transformers / PEFT / vLLM (with the base as a transformers folder in base/ when needed)
   gguf    the fused model as model-f16.gguf for llama.cpp, plus an Ollama Modelfile with the chat
           template, system prompt and stop strings the adapter was trained with
+  gguf-lora  a llama.cpp LoRA adapter GGUF for a base that is a GGUF file (llama-cli --lora)
 
 The output is written into a temporary folder beside --out and renamed into place at the end:
 a failed export leaves nothing behind. An existing non-empty --out is replaced only with --force.
@@ -44,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--with-base", action="store_true",
                    help="mlx-lm/peft: always write the base model folder base/ (default: only when the "
                         "recorded base is not loadable as trained, e.g. a GGUF file)")
-    p.add_argument("--gguf-dtype", choices=["f16", "f32"], default="f16", help="gguf: tensor type (default f16)")
-    p.add_argument("--no-modelfile", action="store_true", help="gguf: do not write the Ollama Modelfile")
+    p.add_argument("--gguf-dtype", choices=["f16", "f32"], default="f16", help="gguf, gguf-lora: tensor type (default f16)")
+    p.add_argument("--no-modelfile", action="store_true", help="gguf, gguf-lora: do not write the Ollama Modelfile")
     return p
 
 
@@ -82,6 +83,10 @@ def _main(argv) -> int:
             from .interop.peft import export_peft
 
             summary = export_peft(source, tmp, out, with_base=args.with_base)
+        elif args.to == "gguf-lora":
+            from .interop.llama_lora import export_lora_gguf
+
+            summary = export_lora_gguf(source, tmp, out, dtype=args.gguf_dtype, modelfile=not args.no_modelfile)
         else:
             from .interop.gguf import export_gguf_folder
 

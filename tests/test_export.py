@@ -279,3 +279,47 @@ def test_each_registry_chat_template_gets_a_go_template_that_renders_it(name):
     msgs = build_messages("How many heads?", 'CREATE TABLE "head" ("age" INT);')
     want = render_chat(tpl, msgs, add_generation_prompt=True, bos_token=tok.bos_token)
     assert render(go, go_messages(msgs)) == want.removeprefix(tok.bos_token)
+
+
+# --------------------------------------------------------------------------- gguf-lora (llama.cpp adapter)
+
+def test_gguf_lora_tensors_are_our_update_in_llama_cpp_layout(tmp_path, gguf_base, tiny_llama, capsys):
+    import gguf
+    from ggufwriter import gguf_name, llama_cpp_permute
+
+    adapter = make_adapter(gguf_base, tmp_path / "adapter", targets=["q_proj", "k_proj", "o_proj", "down_proj"])
+    out = tmp_path / "lora"
+    code, _, err = run(["--adapter-path", str(adapter), "--to", "gguf-lora", "--out", str(out),
+                        "--gguf-dtype", "f32"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "lora-f32.gguf"]
+    mf = parse_modelfile((out / "Modelfile").read_text())
+    assert mf.model == str(gguf_base.resolve()) and mf.adapter == "./lora-f32.gguf"
+    reader = gguf.GGUFReader(str(out / "lora-f32.gguf"))
+    field = lambda k: reader.fields[k].contents()  # noqa: E731
+    assert field("general.type") == "adapter" and field("adapter.type") == "lora"
+    assert field("general.architecture") == "llama"
+    tensors = {t.name: np.array(t.data) for t in reader.tensors}
+    ours = load_with_adapter(adapter)
+    conf = json.loads((Path(tiny_llama) / "config.json").read_text())
+    heads = {"q_proj": conf["num_attention_heads"], "k_proj": conf["num_key_value_heads"]}
+    layers = lora_layers(ours.model)
+    assert len(tensors) == 2 * len(layers) == 2 * 4 * 2
+    for name, layer in layers:
+        A, B = tensors[gguf_name(f"{name}.weight") + ".lora_a"], tensors[gguf_name(f"{name}.weight") + ".lora_b"]
+        eye = mx.eye(layer.lora_a.shape[0])  # our layer's update on the identity: delta W^T (in, out)
+        delta = np.array(layer(eye) - layer.linear(eye)).T
+        kind = name.rsplit(".", 1)[-1]
+        if kind in heads:
+            delta = llama_cpp_permute(delta, heads[kind])  # llama.cpp's row order for q/k
+        np.testing.assert_allclose(field("adapter.lora.alpha") / A.shape[0] * B @ A, delta, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("what", ["dora", "folder"])
+def test_gguf_lora_refuses_what_llama_cpp_adapters_cannot_hold(tmp_path, gguf_base, tiny_llama, capsys, what):
+    base = gguf_base if what == "dora" else tiny_llama
+    adapter = make_adapter(base, tmp_path / "adapter", dora=what == "dora", dequantize=what == "dora")
+    out = tmp_path / "lora"
+    code, _, err = run(["--adapter-path", str(adapter), "--to", "gguf-lora", "--out", str(out)], capsys)
+    assert code == 2 and "--to gguf" in err and ("DoRA" in err if what == "dora" else "not a GGUF file" in err)
+    assert not out.exists() and no_leftovers(tmp_path)

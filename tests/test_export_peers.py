@@ -9,7 +9,6 @@ cores): ``python -m pytest -m slow tests/test_export_peers.py``.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -47,7 +46,8 @@ import json, sys
 import numpy as np
 from llama_cpp import Llama
 p = json.load(sys.stdin)
-llm = Llama(model_path=p["gguf"], n_ctx=p.get("n_ctx", 1024), logits_all=True, verbose=False, seed=0, n_threads=2)
+llm = Llama(model_path=p["gguf"], lora_path=p.get("lora"), n_ctx=p.get("n_ctx", 1024), logits_all=True,
+            verbose=False, seed=0, n_threads=2)
 out = {"tokens": llm.tokenize(p["text"].encode(), add_bos=False, special=True), "prompts": []}
 llm.reset(); llm.eval(p["ids"])
 np.save(p["logits"], np.array(llm.scores[:len(p["ids"])], dtype=np.float32))
@@ -111,6 +111,25 @@ def test_llama_cpp_gives_our_logits_and_greedy_tokens(tmp_path, tiny_llama):
     print(f"llama.cpp vs ours: logits max abs diff {np.abs(theirs - want).max():.2e} "
           f"(largest logit {np.abs(want).max():.2f})")
     np.testing.assert_allclose(theirs, want, atol=1e-3, rtol=1e-3)  # llama.cpp's own kernels
+    assert res["prompts"][0] == greedy(ours.model, ids, 24)
+
+
+@pytest.mark.slow
+def test_llama_cpp_applies_the_lora_gguf_to_the_base_gguf_with_our_logits(tmp_path, tiny_llama):
+    exe = _peer("llama_cpp")
+    base = tiny_gguf(tiny_llama, tmp_path / "tiny-f32.gguf", qtype=None, embed_qtype=None)
+    adapter = make_adapter(base, tmp_path / "adapter")
+    _export(adapter, "gguf-lora", tmp_path / "lora", "--gguf-dtype", "f32")
+    ours = load_with_adapter(adapter)
+    ids = probe_ids(ours)
+    res = run_peer(exe, LLAMA_SCRIPT, {"gguf": str(base), "lora": str(tmp_path / "lora" / "lora-f32.gguf"),
+                                       "text": "", "ids": ids, "logits": str(tmp_path / "l.npy"),
+                                       "greedy": [ids], "n": 24, "eos": []})
+    theirs, want = np.load(tmp_path / "l.npy"), logits(ours.model, ids)
+    print(f"llama.cpp base + LoRA GGUF vs ours: logits max abs diff {np.abs(theirs - want).max():.2e} "
+          f"(largest logit {np.abs(want).max():.2f})")
+    assert np.abs(want - logits(load_with_adapter(None, model=str(base)).model, ids)).max() > 1e-2
+    np.testing.assert_allclose(theirs, want, atol=1e-3, rtol=1e-3)
     assert res["prompts"][0] == greedy(ours.model, ids, 24)
 
 

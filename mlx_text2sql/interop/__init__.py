@@ -8,9 +8,10 @@ llama.cpp and Ollama.
   names, plus the base as a transformers folder.
 - :mod:`.gguf`: the fused model as a GGUF file with an Ollama ``Modelfile`` (chat template,
   system prompt, stop strings) that renders exactly the prompt the adapter was trained on.
+- :mod:`.llama_lora`: a llama.cpp LoRA adapter GGUF for a base that is a GGUF file.
 
 Every export writes into a temporary folder beside the target and renames it into place at the
 end (:mod:`.staging`), so a failed export leaves nothing half-written.
 """
 
-FORMATS = ("mlx-lm", "peft", "gguf")
+FORMATS = ("mlx-lm", "peft", "gguf", "gguf-lora")

@@ -33,14 +33,15 @@ def _prompt_settings(source: Source) -> tuple[str, list[str]]:
     return system, stops
 
 
-def write_modelfile(source: Source, out: Path, gguf_name: str) -> dict:
-    """Write ``Modelfile`` into ``out``; checks that it parses and that its template renders the
-    training prompt of a sample conversation exactly. Returns a summary."""
+def write_modelfile(source: Source, out: Path, model: str, adapter: str = "") -> dict:
+    """Write ``Modelfile`` (FROM ``model``, ADAPTER ``adapter`` when given) into ``out``; checks
+    that it parses and that its template renders the training prompt of a sample conversation
+    exactly. Returns a summary."""
     from ..prompts import build_messages
 
     system, stops = _prompt_settings(source)
     name, template = choose_go_template(source.lm.tokenizer)
-    text, skipped = modelfile_text(gguf_name, template, system, stops, adapter=str(source.adapter_dir))
+    text, skipped = modelfile_text(model, template, system, stops, source=str(source.adapter_dir), adapter=adapter)
     parsed = parse_modelfile(text)
     msgs = build_messages("How many singers are there?", 'CREATE TABLE "singer" ("name" TEXT);', system=system)
     hf_tok = getattr(source.lm.tokenizer, "_tokenizer", source.lm.tokenizer)
@@ -88,7 +89,7 @@ def export_gguf_folder(source: Source, out: Path, final: Path, dtype: str = "f16
     result = {"files": [name], "verification": summary,
               "usage": f"llama-cli -m {final / name} --jinja -cnv"}
     if modelfile:
-        result["modelfile"] = write_modelfile(source, out, name)
+        result["modelfile"] = write_modelfile(source, out, f"./{name}")
         result["files"].append(MODELFILE)
         result["usage"] += f"\n  ollama create text2sql -f {final / MODELFILE} && ollama run text2sql"
     return result

@@ -51,6 +51,7 @@ class Modelfile:
     template: str
     system: str
     parameters: dict[str, list[str]] = field(default_factory=dict)
+    adapter: str = ""
 
 
 def go_messages(messages: list[dict]) -> dict:
@@ -95,15 +96,19 @@ def _quoted(value: str) -> str | None:
     return f'"{value}"'
 
 
-def modelfile_text(gguf_name: str, template: str, system: str, stops: list[str],
+def modelfile_text(model: str, template: str, system: str, stops: list[str], source: str = "",
                    adapter: str = "") -> tuple[str, list[str]]:
-    """The Modelfile text and the stop strings it could not carry (quotes, newlines)."""
+    """The Modelfile text and the stop strings it could not carry (quotes, newlines).
+
+    model: FROM's argument (a GGUF path); adapter: ADAPTER's (a LoRA GGUF path) or ""."""
     for what, text in (("chat template", template), ("system prompt", system)):
         if '"""' in text:
             raise ModelError(f"the {what} contains '\"\"\"', which a Modelfile cannot quote")
-    lines = [f"# Ollama model for the mlx-text2sql adapter {adapter}".rstrip(),
-             "# ollama create NAME -f Modelfile && ollama run NAME", "",
-             f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""']
+    lines = [f"# Ollama model for the mlx-text2sql adapter {source}".rstrip(),
+             "# ollama create NAME -f Modelfile && ollama run NAME", "", f"FROM {model}"]
+    if adapter:
+        lines.append(f"ADAPTER {adapter}")
+    lines.append(f'TEMPLATE """{template}"""')
     if system:
         lines.append(f'SYSTEM """{system}"""')
     skipped = []
@@ -124,7 +129,7 @@ def parse_modelfile(text: str) -> Modelfile:
     """Read back the instructions we write: FROM, TEMPLATE and SYSTEM (triple-quoted), PARAMETER."""
     blocks = {m.group(1): m.group(2) for m in _TRIPLE.finditer(text)}
     rest = _TRIPLE.sub("", text)
-    model, params = "", {}
+    model, adapter, params = "", "", {}
     for line in rest.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
@@ -132,6 +137,8 @@ def parse_modelfile(text: str) -> Modelfile:
         word, _, value = line.partition(" ")
         if word.upper() == "FROM":
             model = value.strip()
+        elif word.upper() == "ADAPTER":
+            adapter = value.strip()
         elif word.upper() == "PARAMETER":
             key, _, val = value.strip().partition(" ")
             val = val.strip()
@@ -140,4 +147,5 @@ def parse_modelfile(text: str) -> Modelfile:
             raise ValueError(f"unexpected Modelfile line: {line!r}")
     if not model or "TEMPLATE" not in blocks:
         raise ValueError("a Modelfile needs FROM and TEMPLATE")
-    return Modelfile(model=model, template=blocks["TEMPLATE"], system=blocks.get("SYSTEM", ""), parameters=params)
+    return Modelfile(model=model, template=blocks["TEMPLATE"], system=blocks.get("SYSTEM", ""), parameters=params,
+                     adapter=adapter)
