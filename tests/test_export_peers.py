@@ -47,8 +47,9 @@ import numpy as np
 from llama_cpp import Llama
 p = json.load(sys.stdin)
 llm = Llama(model_path=p["gguf"], lora_path=p.get("lora"), n_ctx=p.get("n_ctx", 1024), logits_all=True,
+            type_k=0, type_v=0, flash_attn=False,  # float32 KV cache (the default is float16)
             verbose=False, seed=0, n_threads=2)
-out = {"tokens": llm.tokenize(p["text"].encode(), add_bos=False, special=True), "prompts": []}
+out = {"tokens": llm.tokenize(p["text"].encode(), add_bos=True, special=True), "prompts": []}  # BOS as the GGUF says
 llm.reset(); llm.eval(p["ids"])
 np.save(p["logits"], np.array(llm.scores[:len(p["ids"])], dtype=np.float32))
 for prompt in p.get("greedy", []):
@@ -180,8 +181,18 @@ def test_real_smollm2_mlx_lm_greedy_tokens_equal_ours(tmp_path, real_adapter):
     _export(real_adapter, "mlx-lm", tmp_path / "mlx")
     ours = load_with_adapter(real_adapter)
     prompts, want, eos = _real_prompts(ours)
-    model, _ = mlx_load(str(tmp_path / "mlx" / "base"), adapter_path=str(tmp_path / "mlx"))
-    _report("mlx_lm", want, [greedy(model, p, N_TOKENS, set(eos)) for p in prompts])
+    from mlx_lm import stream_generate
+
+    model, tok = mlx_load(str(tmp_path / "mlx" / "base"), adapter_path=str(tmp_path / "mlx"))
+    got = []
+    for p in prompts:  # mlx_lm's own decoding loop (KV cache, greedy sampler by default)
+        toks = []
+        for r in stream_generate(model, tok, prompt=p, max_tokens=N_TOKENS):
+            toks.append(int(r.token))
+            if r.token in eos:
+                break
+        got.append(toks)
+    _report("mlx_lm", want, got)
 
 
 @pytest.mark.slow
