@@ -168,15 +168,15 @@ def test_gguf_export_reads_back_and_its_modelfile_renders_the_training_prompt(tm
     msgs = probe_messages()
     enc = Encoder(ours.tokenizer, ours.eos)
     want = enc.chat(msgs, add_generation_prompt=True)
-    bos = enc.tok.bos_token
-    want = want[len(bos):] if bos and want.startswith(bos) else want
     values = {"System": mf.system, "Messages": [{"Role": "system", "Content": mf.system},
                                                 {"Role": "user", "Content": msgs[1]["content"]}]}
-    assert render(mf.template, values) == want
+    got = render(mf.template, values)
+    assert got == want or "<s>" + got == want  # exact, or the runtime adds the BOS token itself
+    # ... and the runtime's tokens (the GGUF's tokenizer, adding what it adds) are the training tokens
+    back = load_model(str(out / "model-f32.gguf"))
+    assert back.tokenizer.encode(got) == enc.encode_prompt(want)
     # the fused GGUF computes base + adapter
     ids = probe_ids(ours)
-    back = load_model(str(out / "model-f32.gguf"))
-    assert back.tokenizer.encode(want) == ours.tokenizer.encode(want)
     assert np.abs(logits(back.model, ids) - logits(ours.model, ids)).max() <= 1e-3  # merged in float32
 
 
@@ -278,7 +278,7 @@ def test_each_registry_chat_template_gets_a_go_template_that_renders_it(name):
     assert chosen == name
     msgs = build_messages("How many heads?", 'CREATE TABLE "head" ("age" INT);')
     want = render_chat(tpl, msgs, add_generation_prompt=True, bos_token=tok.bos_token)
-    assert render(go, go_messages(msgs)) == want.removeprefix(tok.bos_token)
+    assert render(go, go_messages(msgs)) == want  # this tokenizer adds no BOS itself: the template writes it
 
 
 # --------------------------------------------------------------------------- gguf-lora (llama.cpp adapter)

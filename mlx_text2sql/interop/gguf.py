@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ..errors import ModelError
-from .ollama import choose_go_template, go_messages, modelfile_text, parse_modelfile
+from .ollama import choose_go_template, go_messages, modelfile_text, parse_modelfile, runtime_prompt
 from .source import Source, log
 
 MODELFILE = "Modelfile"
@@ -44,10 +44,7 @@ def write_modelfile(source: Source, out: Path, model: str, adapter: str = "") ->
     text, skipped = modelfile_text(model, template, system, stops, source=str(source.adapter_dir), adapter=adapter)
     parsed = parse_modelfile(text)
     msgs = build_messages("How many singers are there?", 'CREATE TABLE "singer" ("name" TEXT);', system=system)
-    hf_tok = getattr(source.lm.tokenizer, "_tokenizer", source.lm.tokenizer)
-    want = hf_tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    if hf_tok.bos_token and want.startswith(hf_tok.bos_token):
-        want = want[len(hf_tok.bos_token):]
+    want = runtime_prompt(getattr(source.lm.tokenizer, "_tokenizer", source.lm.tokenizer), msgs)
     got = parse_and_render(parsed, msgs[1:])
     if got != want:
         raise ModelError(f"the Modelfile template ({name}) does not reproduce the training prompt: "

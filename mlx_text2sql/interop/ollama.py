@@ -61,10 +61,25 @@ def go_messages(messages: list[dict]) -> dict:
     return {"Messages": msgs, "System": system}
 
 
-def _expected(hf_tok, messages: list[dict]) -> str:
+def adds_bos(hf_tok) -> bool:
+    """Whether the tokenizer puts a BOS token in front of encoded text by itself (and so the
+    GGUF says ``add_bos_token``, and llama.cpp adds it too)."""
+    bos_id = getattr(hf_tok, "bos_token_id", None)
+    if bos_id is None:
+        return False
+    ids = hf_tok.encode("x", add_special_tokens=True)
+    return len(ids) > len(hf_tok.encode("x", add_special_tokens=False)) and ids[0] == bos_id
+
+
+def runtime_prompt(hf_tok, messages: list[dict]) -> str:
+    """The text a runtime must tokenize to get the training prompt's tokens: the chat
+    template's rendering, less a leading BOS text when the runtime adds the BOS token itself
+    (training encodes a prompt that starts with the BOS text without adding another)."""
     text = hf_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     bos = hf_tok.bos_token
-    return text[len(bos):] if bos and text.startswith(bos) else text
+    if bos and text.startswith(bos) and adds_bos(hf_tok):
+        return text[len(bos):]
+    return text
 
 
 def choose_go_template(tokenizer) -> tuple[str, str]:
@@ -72,16 +87,18 @@ def choose_go_template(tokenizer) -> tuple[str, str]:
     probe conversations (the training prompt: system + user + generation prompt). ModelError
     when none does."""
     hf_tok = getattr(tokenizer, "_tokenizer", tokenizer)
-    eos = hf_tok.eos_token or ""
-    wanted = [_expected(hf_tok, msgs) for msgs in _PROBES[:1]]
-    multi = _expected(hf_tok, _PROBES[1])
+    eos, bos = hf_tok.eos_token or "", hf_tok.bos_token or ""
+    wanted = [runtime_prompt(hf_tok, msgs) for msgs in _PROBES[:1]]
+    multi = runtime_prompt(hf_tok, _PROBES[1])
     single = []
     for name, tpl in _GO_TEMPLATES.items():
         tpl = tpl.replace("{eos}", eos)
-        if all(render(tpl, go_messages(m)) == w for m, w in zip(_PROBES, wanted)):
-            if render(tpl, go_messages(_PROBES[1])) == multi:
-                return name, tpl
-            single.append((name, tpl))
+        # a template whose text starts with a BOS the runtime does not add writes it itself
+        for t in (tpl, bos + tpl) if bos else (tpl,):
+            if all(render(t, go_messages(m)) == w for m, w in zip(_PROBES, wanted)):
+                if render(t, go_messages(_PROBES[1])) == multi:
+                    return name, t
+                single.append((name, t))
     if single:  # right for the training prompt; multi-turn history differs only
         return single[0]
     raise ModelError(
