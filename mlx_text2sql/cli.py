@@ -15,6 +15,7 @@ COMMANDS = {
     "fuse": "Merge adapters into the base model (and export GGUF)",
     "generate": "Generate SQL for a question over a schema or a SQLite database",
     "evaluate": "Execution accuracy, exact match and valid-SQL rate on a test set",
+    "export": "Write an adapter for mlx_lm, PEFT / transformers, llama.cpp or Ollama",
     "serve": "A local HTTP server and web page: ask SQLite databases questions (OpenAI-compatible)",
 }
 

@@ -202,6 +202,10 @@ def _atomic_savez(path: Path, weights: dict[str, mx.array]) -> None:
         mx.savez(tmp, **weights)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        # mkstemp creates 0600 files; give the result the mode a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
