@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, run_cli
+from .errors import ConfigError, run_model_cli
 
 EPILOG = """examples:
   # the bundled sample database with the trained adapter in adapters/ (else the built-in model)
@@ -89,10 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .blas import ensure_fast_blas
-
-    ensure_fast_blas(quiet=True)
-    return run_cli(_main, argv)
+    return run_model_cli(_main, argv)
 
 
 def resolve_api_key(args) -> str | None:
