@@ -21,6 +21,7 @@ an example that still does not fit is skipped and counted.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -477,15 +478,7 @@ def packed_epoch(groups: list[PrefixGroup], lengths: np.ndarray, batch_size: int
             i += 1
         part.sort(key=lambda pm: (pm[0], max(lengths[m] - pm[0] for m in pm[1])))
         flat += part
-    batches, current, room = [], [], batch_size
-    for plen, members in flat:
-        while members:
-            take, members = members[:room], members[room:]
-            current.append((plen, take))
-            room -= len(take)
-            if room == 0:
-                batches.append(current)
-                current, room = [], batch_size
+    batches = _fill_runs(flat, itertools.repeat(batch_size))
     order = rng.permutation(len(batches))
     return [batches[k] for k in order]
 
@@ -494,7 +487,14 @@ def split_pieces(pieces: list[tuple[int, list[int]]], parts: int) -> list[list[t
     """Cut a batch's pieces into ``parts`` runs of (nearly) equal example counts."""
     total = sum(len(m) for _, m in pieces)
     sizes = [total // parts + (k < total % parts) for k in range(parts)]
-    out, current, room, k = [], [], sizes[0], 0
+    return [p for p in _fill_runs(pieces, iter(sizes)) if p]
+
+
+def _fill_runs(pieces: list[tuple[int, list[int]]], sizes) -> list[list[tuple[int, list[int]]]]:
+    """Cut ``pieces`` (prompt length, member rows) in order into runs of the next size from the
+    iterator ``sizes`` (0 once it is spent) members each, splitting a piece's members where a run
+    fills; a last run that is not full is dropped."""
+    out, current, room = [], [], next(sizes, 0)
     for plen, members in pieces:
         while members:
             take, members = members[:room], members[room:]
@@ -502,9 +502,8 @@ def split_pieces(pieces: list[tuple[int, list[int]]], parts: int) -> list[list[t
             room -= len(take)
             if room == 0:
                 out.append(current)
-                k += 1
-                current, room = [], (sizes[k] if k < parts else 0)
-    return [p for p in out if p]
+                current, room = [], next(sizes, 0)
+    return out
 
 
 @dataclass
