@@ -357,15 +357,22 @@ def collate(samples: list[Sample], train_on_prompt: bool = False, pad_to: int = 
         first = 0 if train_on_prompt else max(s.prompt_len - 1, 0)
         index.append(b * L + np.arange(first, n, dtype=np.int32))
         targets.append(s.tokens[first + 1: n + 1])
+    index, targets, weights, n_loss = _loss_positions(index, targets, pad_to)
+    return Batch(inputs, index, targets, weights, int(sum(inputs_len) + len(samples)), n_loss)
+
+
+def _loss_positions(index: list[np.ndarray], targets: list[np.ndarray], pad_to: int):
+    """The per-row loss positions and their target tokens joined into flat int32 arrays, padded
+    with zeros to a multiple of ``pad_to``; returns (index, targets, weights, n_loss) where
+    ``weights`` is 1.0 on the ``n_loss`` real positions and 0.0 on the padding."""
     index = np.concatenate(index)
     targets = np.concatenate(targets).astype(np.int32)
     n_loss = len(index)
     N = round_up(n_loss, pad_to)
     weights = np.zeros(N, dtype=np.float32)
     weights[:n_loss] = 1.0
-    index = np.pad(index, (0, N - n_loss))
-    targets = np.pad(targets, (0, N - n_loss))
-    return Batch(inputs, index.astype(np.int32), targets, weights, int(sum(inputs_len) + len(samples)), n_loss)
+    return (np.pad(index, (0, N - n_loss)).astype(np.int32), np.pad(targets, (0, N - n_loss)),
+            weights, n_loss)
 
 
 def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
@@ -559,14 +566,7 @@ def collate_packed(samples: list[Sample], pieces: list[tuple[int, list[int]]], p
         first = s.prompt_len - 1 - p
         index.append(r * Ls + np.arange(first, n, dtype=np.int32))
         targets.append(s.tokens[s.prompt_len: len(s.tokens)])
-    index = np.concatenate(index)
-    targets = np.concatenate(targets).astype(np.int32)
-    n_loss = len(index)
-    N = round_up(n_loss, pad_to)
-    weights = np.zeros(N, dtype=np.float32)
-    weights[:n_loss] = 1.0
-    index = np.pad(index, (0, N - n_loss)).astype(np.int32)
-    targets = np.pad(targets, (0, N - n_loss))
+    index, targets, weights, n_loss = _loss_positions(index, targets, pad_to)
     tokens = sum(len(s.tokens) for _, _, s in rows)
     computed = sum(plens) + sum(seg_lens)
     return PackedBatch(prefix, np.asarray(plens, dtype=np.int32), seg, np.asarray(gidx, dtype=np.int32),
