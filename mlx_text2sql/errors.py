@@ -73,3 +73,12 @@ def run_cli(main_fn, argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def run_model_cli(main_fn, argv=None) -> int:
+    """:func:`run_cli` for a command that loads a model: the fast BLAS is loaded first (before
+    MLX, on Linux), then ``main_fn`` runs."""
+    from .blas import ensure_fast_blas
+
+    ensure_fast_blas(quiet=True)
+    return run_cli(main_fn, argv)

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import ConfigError, run_cli
+from .errors import ConfigError, run_model_cli
 from .interop import FORMATS
 
 EPILOG = """examples:
@@ -51,10 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .blas import ensure_fast_blas
-
-    ensure_fast_blas(quiet=True)
-    return run_cli(_main, argv)
+    return run_model_cli(_main, argv)
 
 
 def _main(argv) -> int:

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import ConfigError, ModelError, run_cli
+from .errors import ConfigError, ModelError, run_model_cli
 
 FUSE_INFO = "mlx_text2sql_fuse.json"
 
@@ -56,10 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .blas import ensure_fast_blas
-
-    ensure_fast_blas(quiet=True)
-    return run_cli(_main, argv)
+    return run_model_cli(_main, argv)
 
 
 # --------------------------------------------------------------------------- main

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from . import cli_options as opts
 from .api import AskOptions, Question
-from .errors import ConfigError, InputError, run_cli
+from .errors import ConfigError, InputError, run_model_cli
 from .inference.questions import PromptBuilder, PromptSettings, parse_tables, read_schema_file
 from .inference.records import Job, read_input
 
@@ -89,10 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .blas import ensure_fast_blas
-
-    ensure_fast_blas(quiet=True)
-    return run_cli(_main, argv)
+    return run_model_cli(_main, argv)
 
 
 # --------------------------------------------------------------------------- settings

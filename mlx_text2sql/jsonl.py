@@ -58,11 +58,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
             yield f
             f.flush()
             os.fsync(f.fileno())
-        # mkstemp creates 0600 files; give the result the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        replace_with_plain_mode(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -83,3 +79,12 @@ def write_json(path, obj, indent: int = 2) -> None:
     with atomic_open(path) as f:
         json.dump(obj, f, indent=indent, ensure_ascii=False)
         f.write("\n")
+
+
+def replace_with_plain_mode(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Move the finished temporary file ``tmp`` over ``path`` (atomically), giving it the mode a
+    plain ``open()`` would (mkstemp creates 0600 files)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)

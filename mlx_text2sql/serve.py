@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, run_cli
+from .errors import ConfigError, run_model_cli
 
 EPILOG = """examples:
   # the bundled sample database with the trained adapter in adapters/ (else the built-in model)
@@ -65,34 +65,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
     lim = p.add_argument_group("limits")
-    lim.add_argument("--max-queue", type=int, default=d.max_queue,
-                     help=f"requests waiting or decoding at once; more get 503 + Retry-After (default {d.max_queue})")
-    lim.add_argument("--max-batch", type=int, default=d.max_batch,
-                     help=f"requests decoded together (default {d.max_batch})")
-    lim.add_argument("--batch-window-ms", type=float, default=d.batch_window_s * 1000,
-                     help=f"how long to wait for more requests before decoding (default {d.batch_window_s * 1000:g})")
-    lim.add_argument("--request-timeout", type=float, default=d.timeout_s,
-                     help=f"seconds a request may wait and decode (default {d.timeout_s:g})")
-    lim.add_argument("--execute-timeout", type=float, default=d.execute_timeout_s,
-                     help=f"seconds one query may run on a database (default {d.execute_timeout_s:g})")
-    lim.add_argument("--max-tokens", type=int, default=d.max_tokens,
-                     help=f"the largest max_tokens a request may ask for (default {d.max_tokens})")
-    lim.add_argument("--default-max-tokens", type=int, default=d.default_max_tokens,
-                     help=f"max_tokens when a request does not say (default {d.default_max_tokens})")
-    lim.add_argument("--max-rows", type=int, default=d.max_rows,
-                     help=f"the most result rows a request may ask for (default {d.max_rows})")
-    lim.add_argument("--max-question-chars", type=int, default=d.max_question_chars,
-                     help=f"longest question (default {d.max_question_chars})")
-    lim.add_argument("--max-body-kb", type=float, default=d.max_body_bytes / 1024,
-                     help=f"largest request body in KiB (default {d.max_body_bytes / 1024:g})")
+    for flag, kind, default, text in (
+        ("--max-queue", int, d.max_queue,
+         f"requests waiting or decoding at once; more get 503 + Retry-After (default {d.max_queue})"),
+        ("--max-batch", int, d.max_batch, f"requests decoded together (default {d.max_batch})"),
+        ("--batch-window-ms", float, d.batch_window_s * 1000,
+         f"how long to wait for more requests before decoding (default {d.batch_window_s * 1000:g})"),
+        ("--request-timeout", float, d.timeout_s,
+         f"seconds a request may wait and decode (default {d.timeout_s:g})"),
+        ("--execute-timeout", float, d.execute_timeout_s,
+         f"seconds one query may run on a database (default {d.execute_timeout_s:g})"),
+        ("--max-tokens", int, d.max_tokens,
+         f"the largest max_tokens a request may ask for (default {d.max_tokens})"),
+        ("--default-max-tokens", int, d.default_max_tokens,
+         f"max_tokens when a request does not say (default {d.default_max_tokens})"),
+        ("--max-rows", int, d.max_rows, f"the most result rows a request may ask for (default {d.max_rows})"),
+        ("--max-question-chars", int, d.max_question_chars,
+         f"longest question (default {d.max_question_chars})"),
+        ("--max-body-kb", float, d.max_body_bytes / 1024,
+         f"largest request body in KiB (default {d.max_body_bytes / 1024:g})"),
+    ):
+        lim.add_argument(flag, type=kind, default=default, help=text)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .blas import ensure_fast_blas
-
-    ensure_fast_blas(quiet=True)
-    return run_cli(_main, argv)
+    return run_model_cli(_main, argv)
 
 
 def resolve_api_key(args) -> str | None:

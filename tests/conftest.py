@@ -39,3 +39,12 @@ def tiny_base(tmp_path_factory):
     from tinymodels import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny_base"), "llama", None)
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    """A data folder holding a one-record ``train.jsonl`` (enough for training settings)."""
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "train.jsonl").write_text('{"text": "x"}\n')
+    return d

@@ -8,14 +8,6 @@ from mlx_text2sql.errors import ConfigError
 from mlx_text2sql.train import settings
 
 
-@pytest.fixture
-def data_dir(tmp_path):
-    d = tmp_path / "data"
-    d.mkdir()
-    (d / "train.jsonl").write_text('{"text": "x"}\n')
-    return d
-
-
 def write(path, text):
     path.write_text(text)
     return str(path)

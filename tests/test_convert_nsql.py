@@ -9,21 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from mlx_text2sql.convert import main
 from mlx_text2sql.errors import InputError
 from mlx_text2sql.sources.common import Where
 from mlx_text2sql.sources.nsql import (MARKER, describe_tables, parse_record,
                                        question_from_instruction)
+
+from convertkit import converter
 
 FIX = Path(__file__).parent / "fixtures" / "convert" / "nsql" / "nsql.jsonl"
 SYSTEM = ("You translate questions into SQLite queries. "
           "Answer with one SQL query over the given schema and nothing else.")
 
 
-def convert(out, *args, src=FIX):
-    assert main(["nsql", str(src), "--out", str(out), "--no-progress",
-                 "--valid-fraction", "0", "--test-fraction", "0", *args]) == 0
-    return {r["id"]: r for r in map(json.loads, open(out / "train.jsonl", encoding="utf-8"))}
+convert = converter("nsql", FIX)
 
 
 def test_golden_records(tmp_path):

@@ -14,13 +14,12 @@ from mlx_text2sql.sources.common import (merge_tables, parse_create_table, parse
                                          split_create_statements)
 from mlx_text2sql.sources.sql_create_context import unwrap_answer
 
+from convertkit import converter
+
 FIX = Path(__file__).parent / "fixtures" / "convert" / "sql_create_context" / "sqlqa.jsonl"
 
 
-def convert(out, *args, src=FIX):
-    assert main(["sql-create-context", str(src), "--out", str(out), "--no-progress",
-                 "--valid-fraction", "0", "--test-fraction", "0", *args]) == 0
-    return {r["id"]: r for r in map(json.loads, open(out / "train.jsonl", encoding="utf-8"))}
+convert = converter("sql-create-context", FIX)
 
 
 def test_golden_records(tmp_path):

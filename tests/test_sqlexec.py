@@ -4,7 +4,6 @@ no file beside it."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 import time
@@ -17,6 +16,9 @@ from mlx_text2sql.errors import SQLExecutionError
 from mlx_text2sql.sqlexec import (ExecResult, check_statement, execute, execute_on_schema,
                                   format_table, split_statements, try_execute)
 
+from sqlcases import SPLIT_CASES
+from sqlitefiles import concert_db_in, file_digest
+
 FAST = 1.5  # seconds: every stopped query must come back well under this
 
 
@@ -27,44 +29,19 @@ def _fresh_cache():
     sqlexec.close_all()
 
 
-def _make_db(path, rows=200):
-    conn = sqlite3.connect(path)
-    conn.executescript(
-        """
-        CREATE TABLE singer (id INTEGER PRIMARY KEY, name TEXT, age INTEGER, score REAL);
-        CREATE TABLE nums (n INTEGER);
-        CREATE INDEX singer_age ON singer(age);
-        CREATE VIEW old_singers AS SELECT name FROM singer WHERE age > 40;
-        """
-    )
-    conn.executemany("INSERT INTO singer VALUES (?, ?, ?, ?)",
-                     [(i, f"Singer {i}", 20 + i % 50, i / 3) for i in range(rows)])
-    conn.executemany("INSERT INTO nums VALUES (?)", [(i,) for i in range(1000)])
-    conn.commit()
-    conn.close()
-
-
 @pytest.fixture()
 def db(tmp_path):
-    folder = tmp_path / "dbs"
-    folder.mkdir()
-    path = folder / "concert.sqlite"
-    _make_db(path)
-    return path
-
-
-def _digest(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return concert_db_in(tmp_path)
 
 
 @pytest.fixture()
 def untouched(db, tmp_path):
     """Yields; then asserts the database bytes and the files around it are unchanged."""
-    before_hash = _digest(db)
+    before_hash = file_digest(db)
     before_files = sorted(os.listdir(db.parent))
     before_tmp = sorted(os.listdir(tmp_path))
     yield
-    assert _digest(db) == before_hash
+    assert file_digest(db) == before_hash
     assert sorted(os.listdir(db.parent)) == before_files
     assert sorted(os.listdir(tmp_path)) == before_tmp
 
@@ -404,19 +381,7 @@ def test_invalid_utf8_text_is_decoded_with_replacement(tmp_path):
 
 # --------------------------------------------------------------------------- helpers
 
-@pytest.mark.parametrize("sql,expected", [
-    ("SELECT 1", ["SELECT 1"]),
-    ("SELECT 1;", ["SELECT 1"]),
-    ("SELECT 1;;", ["SELECT 1"]),
-    ("SELECT 1; SELECT 2", ["SELECT 1", "SELECT 2"]),
-    ("SELECT ';'", ["SELECT ';'"]),
-    ("SELECT 'it''s; fine'", ["SELECT 'it''s; fine'"]),
-    ('SELECT "a;b" FROM t', ['SELECT "a;b" FROM t']),
-    ("SELECT [a;b], `c;d` FROM t", ["SELECT [a;b], `c;d` FROM t"]),
-    ("SELECT 1 -- ; not a split\n", ["SELECT 1 -- ; not a split"]),
-    ("SELECT 1 /* ; */ ; /* only a comment */", ["SELECT 1 /* ; */"]),
-    ("  ;  ", []),
-])
+@pytest.mark.parametrize("sql,expected", SPLIT_CASES)
 def test_split_statements(sql, expected):
     assert split_statements(sql) == expected
 

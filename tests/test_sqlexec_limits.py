@@ -5,7 +5,6 @@ databases, many threads at once, memory. Each test asserts the outcome, the time
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -25,41 +24,22 @@ from mlx_text2sql import evaluate, sqlexec, sqlpool
 from mlx_text2sql.errors import SQLExecutionError
 from mlx_text2sql.sqlexec import execute, execute_on_schema, try_execute
 
+from sqlitefiles import concert_db_in, file_digest, make_concert_db
+
 TIMEOUT = 0.3
 SLACK = 0.5  # the issue's bound: a stopped query returns within timeout_s + 0.5 s
 
 
-def _make_db(path, rows=200):
-    conn = sqlite3.connect(path)
-    conn.executescript("""
-        CREATE TABLE singer (id INTEGER PRIMARY KEY, name TEXT, age INTEGER);
-        CREATE TABLE nums (n INTEGER);
-    """)
-    conn.executemany("INSERT INTO singer VALUES (?, ?, ?)",
-                     [(i, f"Singer {i}", 20 + i % 50) for i in range(rows)])
-    conn.executemany("INSERT INTO nums VALUES (?)", [(i,) for i in range(1000)])
-    conn.commit()
-    conn.close()
-
-
 @pytest.fixture()
 def db(tmp_path):
-    folder = tmp_path / "dbs"
-    folder.mkdir()
-    path = folder / "concert.sqlite"
-    _make_db(path)
-    return path
-
-
-def _digest(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return concert_db_in(tmp_path)
 
 
 @pytest.fixture()
 def untouched(db):
-    before = (_digest(db), sorted(os.listdir(db.parent)))
+    before = (file_digest(db), sorted(os.listdir(db.parent)))
     yield
-    assert (_digest(db), sorted(os.listdir(db.parent))) == before
+    assert (file_digest(db), sorted(os.listdir(db.parent))) == before
 
 
 def _warm(db) -> None:
@@ -380,10 +360,10 @@ def _fast(fn):
 
 def test_database_replaced_between_queries_is_reopened(tmp_path):
     path = tmp_path / "a.sqlite"
-    _make_db(path, rows=10)
+    make_concert_db(path, rows=10)
     assert execute(path, "SELECT count(*) FROM singer").rows == [(10,)]
     other = tmp_path / "b.sqlite"
-    _make_db(other, rows=30)
+    make_concert_db(other, rows=30)
     os.replace(other, path)
     assert _fast(lambda: execute(path, "SELECT count(*) FROM singer").rows) == [(30,)]
     assert sorted(os.listdir(tmp_path)) == ["a.sqlite"]
@@ -392,7 +372,7 @@ def test_database_replaced_between_queries_is_reopened(tmp_path):
 @pytest.mark.parametrize("keep", [0, 100, 4096, 8192 + 17])
 def test_database_truncated_between_queries_gives_a_clear_error(tmp_path, keep):
     path = tmp_path / "t.sqlite"
-    _make_db(path, rows=2000)
+    make_concert_db(path, rows=2000)
     assert execute(path, "SELECT count(*) FROM singer").rows == [(2000,)]
     with open(path, "r+b") as f:
         f.truncate(keep)
@@ -405,7 +385,7 @@ def test_database_truncated_between_queries_gives_a_clear_error(tmp_path, keep):
 
 def test_database_deleted_between_queries_is_no_database(tmp_path):
     path = tmp_path / "d.sqlite"
-    _make_db(path, rows=10)
+    make_concert_db(path, rows=10)
     assert execute(path, "SELECT count(*) FROM singer").rows == [(10,)]
     path.unlink()
     outcome = _fast(lambda: try_execute(path, "SELECT count(*) FROM singer"))
@@ -452,7 +432,7 @@ def test_stored_views_calling_functions(tmp_path):
     """)
     conn.commit()
     conn.close()
-    before = _digest(path)
+    before = file_digest(path)
     execute(path, "SELECT 1")
     start = time.perf_counter()
     slow = try_execute(path, "SELECT v FROM slow", timeout_s=TIMEOUT)
@@ -462,7 +442,7 @@ def test_stored_views_calling_functions(tmp_path):
     missing = _fast(lambda: try_execute(path, "SELECT v FROM missing"))
     assert missing.error.kind == "error" and "no_such_function" in str(missing.error)
     assert execute(path, "SELECT v FROM fine").rows == [("X",)]
-    assert _digest(path) == before and os.listdir(tmp_path) == ["views.sqlite"]
+    assert file_digest(path) == before and os.listdir(tmp_path) == ["views.sqlite"]
 
 
 # --------------------------------------------------------------------------- threads

@@ -17,11 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..jsonl import write_json
-from .source import Source, log, write_base_folder
+from .source import BASE_DIR, Source, write_config_and_base
 
 ADAPTER_FILE = "adapters.safetensors"
 CONFIG_FILE = "adapter_config.json"
-BASE_DIR = "base"
 
 
 def mlx_lm_config(source: Source, base_ref: str) -> dict:
@@ -52,12 +51,10 @@ def export_mlx_lm(source: Source, out: Path, final: Path, with_base: bool = Fals
     weights = adapter_weights(source.lm.model)
     mx.eval(list(weights.values()))
     mx.save_safetensors(str(out / ADAPTER_FILE), weights, metadata={"format": "mlx"})
-    write_base = with_base or source.needs_base_folder
-    base_ref = str((final / BASE_DIR).resolve()) if write_base else source.base_reference()
-    write_json(out / CONFIG_FILE, mlx_lm_config(source, base_ref))
-    log(f"[export] wrote {ADAPTER_FILE} ({len(weights)} tensors) and {CONFIG_FILE}")
-    if write_base:
-        write_base_folder(source, out / BASE_DIR)
+    base_ref, write_base = write_config_and_base(
+        source, out, final, with_base, adapter_file=ADAPTER_FILE, n_tensors=len(weights),
+        config_file=CONFIG_FILE,
+        write_config=lambda base_ref: write_json(out / CONFIG_FILE, mlx_lm_config(source, base_ref)))
     model_arg = str(final / BASE_DIR) if write_base else base_ref
     return {"files": sorted(p.name for p in out.iterdir()), "base": base_ref,
             "usage": f"mlx_lm.generate --model {model_arg} --adapter-path {final} --prompt ..."}

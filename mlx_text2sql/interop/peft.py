@@ -26,11 +26,10 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..jsonl import write_json
-from .source import Source, log, write_base_folder
+from .source import BASE_DIR, Source, write_config_and_base
 
 ADAPTER_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
-BASE_DIR = "base"
 PREFIX = "base_model.model."
 
 
@@ -121,11 +120,9 @@ def export_peft(source: Source, out: Path, final: Path, with_base: bool = False)
         raise ConfigError([f"cannot export {source.adapter_dir} to PEFT: {p}" for p in problems])
     tensors = peft_tensors(source.lm.model)
     save_file(tensors, str(out / ADAPTER_FILE), metadata={"format": "pt"})
-    write_base = with_base or source.needs_base_folder
-    base_ref = str((final / BASE_DIR).resolve()) if write_base else source.base_reference()
-    write_json(out / CONFIG_FILE, peft_config(source, base_ref))
-    log(f"[export] wrote {ADAPTER_FILE} ({len(tensors)} tensors) and {CONFIG_FILE}")
-    if write_base:
-        write_base_folder(source, out / BASE_DIR)
+    base_ref, _ = write_config_and_base(
+        source, out, final, with_base, adapter_file=ADAPTER_FILE, n_tensors=len(tensors),
+        config_file=CONFIG_FILE,
+        write_config=lambda base_ref: write_json(out / CONFIG_FILE, peft_config(source, base_ref)))
     return {"files": sorted(p.name for p in out.iterdir()), "base": base_ref,
             "usage": f"PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base_ref!r}), {str(final)!r})"}

@@ -11,6 +11,8 @@ from typing import Any
 
 from ..errors import AdapterError, ModelError
 
+BASE_DIR = "base"
+
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
@@ -112,3 +114,19 @@ def write_base_folder(source: Source, path: Path) -> Path:
     size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
     log(f"[export] wrote the base model folder ({size / 2**20:.1f} MiB) in {time.perf_counter() - t:.1f}s")
     return path
+
+
+def write_config_and_base(source: Source, out: Path, final: Path, with_base: bool, *,
+                          adapter_file: str, n_tensors: int, config_file: str,
+                          write_config) -> tuple[str, bool]:
+    """The rest of an exported adapter folder ``out`` (staged for ``final``) once its weights
+    (``adapter_file``, ``n_tensors`` tensors) are written: ``write_config(base_ref)`` writes
+    ``config_file``, then ``base/`` is written when asked (``with_base``) or when the recorded
+    base is not loadable as trained. Returns (base_ref, whether ``base/`` was written)."""
+    write_base = with_base or source.needs_base_folder
+    base_ref = str((final / BASE_DIR).resolve()) if write_base else source.base_reference()
+    write_config(base_ref)
+    log(f"[export] wrote {adapter_file} ({n_tensors} tensors) and {config_file}")
+    if write_base:
+        write_base_folder(source, out / BASE_DIR)
+    return base_ref, write_base

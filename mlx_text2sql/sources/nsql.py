@@ -20,13 +20,12 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-from ..errors import InputError
 from ..example import Column, Table
 from ..prompts import render_schema
 from . import SourceOptions
 from .common import (Problems, SchemaOnlyBuilder, SourceResult, Where, check_type, describe,
                      require, split_create_statements)
-from .sql_create_context import hf_splits, read_files
+from .sql_create_context import hf_splits, read_files, read_schema_only
 
 MARKER = "-- Using valid SQLite, answer the following questions for the tables provided above."
 _MARKER_RE = re.compile(r"^\s*--\s*Using valid SQLite.*$", re.I | re.M)
@@ -140,33 +139,16 @@ def parse_record(rec: dict, where: Where) -> dict:
             "db_id": db_id or None, "meta": extra}
 
 
-def _progress(iterable, desc: str, options: SourceOptions):
-    from tqdm import tqdm
-
-    return tqdm(iterable, desc=desc, unit=" q", disable=not options.progress, leave=False,
-                dynamic_ncols=True)
+def _example(builder: SchemaOnlyBuilder, rec: dict, where: Where, ex_id: str, split: str):
+    p = parse_record(rec, where)
+    meta = {"split": split, **p["meta"]}
+    return builder.example(question=p["question"], sql=p["sql"], schema_text=p["schema_text"],
+                           where=where, ex_id=ex_id, db_id=p["db_id"], meta=meta)
 
 
 def _read_records(named: Iterable[tuple[str, Iterable[tuple[Where, dict]]]],
                   options: SourceOptions, problems: Problems) -> SourceResult:
-    result = SourceResult({})
-    builder = SchemaOnlyBuilder("nsql", options.out_dir, options.build_db, result.staging)
-    for split, records in named:
-        out = result.splits.setdefault(split, [])
-        for where, rec in _progress(records, f"nsql {split}", options):
-            if options.limit is not None and len(out) >= options.limit:
-                break
-            try:
-                p = parse_record(rec, where)
-                meta = {"split": split, **p["meta"]}
-                out.append(builder.example(question=p["question"], sql=p["sql"],
-                                           schema_text=p["schema_text"], where=where,
-                                           ex_id=f"{split}-{where.line}", db_id=p["db_id"],
-                                           meta=meta))
-            except InputError as e:
-                problems.add(e)
-    result.notes.extend(builder.notes())
-    return result
+    return read_schema_only("nsql", _example, named, options, problems)
 
 
 def read(input_path: str, options: SourceOptions, problems: Problems) -> SourceResult:

@@ -57,21 +57,30 @@ def _example(builder: SchemaOnlyBuilder, rec: dict, where: Where, ex_id: str, sp
                            ex_id=ex_id, meta={"split": split})
 
 
-def _read_records(named: Iterable[tuple[str, Iterable[tuple[Where, dict]]]],
-                  options: SourceOptions, problems: Problems) -> SourceResult:
+def read_schema_only(source: str, example, named: Iterable[tuple[str, Iterable[tuple[Where, dict]]]],
+                     options: SourceOptions, problems: Problems) -> SourceResult:
+    """Read (split, records) pairs of a source whose records carry their schema as text:
+    ``example(builder, rec, where, ex_id, split)`` turns one record into an example (raising
+    InputError for a bad one, which is counted in ``problems``); at most ``options.limit`` per
+    split, with a progress bar named ``source``."""
     result = SourceResult({})
-    builder = SchemaOnlyBuilder("sql-create-context", options.out_dir, options.build_db, result.staging)
+    builder = SchemaOnlyBuilder(source, options.out_dir, options.build_db, result.staging)
     for split, records in named:
         out = result.splits.setdefault(split, [])
-        for where, rec in _progress(records, f"sql-create-context {split}", options):
+        for where, rec in _progress(records, f"{source} {split}", options):
             if options.limit is not None and len(out) >= options.limit:
                 break
             try:
-                out.append(_example(builder, rec, where, f"{split}-{where.line}", split))
+                out.append(example(builder, rec, where, f"{split}-{where.line}", split))
             except InputError as e:
                 problems.add(e)
     result.notes.extend(builder.notes())
     return result
+
+
+def _read_records(named: Iterable[tuple[str, Iterable[tuple[Where, dict]]]],
+                  options: SourceOptions, problems: Problems) -> SourceResult:
+    return read_schema_only("sql-create-context", _example, named, options, problems)
 
 
 def read_files(input_path: str, read_records, options: SourceOptions, problems: Problems) -> SourceResult:

@@ -71,6 +71,12 @@ TABLE TEMP TEMPORARY THEN TIES TO TRANSACTION TRIGGER UNBOUNDED UNION UNIQUE UPD
 VALUES VIEW VIRTUAL WHEN WHERE WINDOW WITH WITHOUT
 """.split())
 
+def _doubled_quote_rules(group: str, kind: str, q: str) -> tuple[tuple[str, str, bool, str], ...]:
+    """The closed and the open rule (see below) of a quote ``q`` escaped by doubling it."""
+    body = f"{q}[^{q}]*(?:{q}{q}[^{q}]*)*"
+    return (group, kind, True, f"{body}{q}(?!{q})"), (f"open_{group}", kind, False, body)
+
+
 # The lexer runs in two passes. The first finds the structure, what every consumer depends on:
 # comments, quotes, ';' and the plain runs between them (whitespace included); splitting
 # statements and reading a first keyword need no more, and long plain runs make it fast. The
@@ -82,12 +88,9 @@ _STRUCTURE = (
     ("line_comment", COMMENT, True, r"--[^\n]*"),
     ("block_comment", COMMENT, True, r"/\*[^*]*\*+(?:[^/*][^*]*\*+)*/"),
     ("open_block_comment", COMMENT, False, r"/\*(?s:.*)"),
-    ("string", STRING, True, r"'[^']*(?:''[^']*)*'(?!')"),
-    ("open_string", STRING, False, r"'[^']*(?:''[^']*)*"),
-    ("dquoted", QUOTED, True, r'"[^"]*(?:""[^"]*)*"(?!")'),
-    ("open_dquoted", QUOTED, False, r'"[^"]*(?:""[^"]*)*'),
-    ("bquoted", QUOTED, True, r"`[^`]*(?:``[^`]*)*`(?!`)"),
-    ("open_bquoted", QUOTED, False, r"`[^`]*(?:``[^`]*)*"),
+    *_doubled_quote_rules("string", STRING, "'"),
+    *_doubled_quote_rules("dquoted", QUOTED, '"'),
+    *_doubled_quote_rules("bquoted", QUOTED, "`"),
     ("bracketed", QUOTED, True, r"\[[^\]]*\]"),
     ("open_bracketed", QUOTED, False, r"\[[^\]]*"),
     ("semicolon", PUNCT, True, r";"),

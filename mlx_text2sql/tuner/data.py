@@ -21,6 +21,7 @@ an example that still does not fit is skipped and counted.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -356,15 +357,22 @@ def collate(samples: list[Sample], train_on_prompt: bool = False, pad_to: int = 
         first = 0 if train_on_prompt else max(s.prompt_len - 1, 0)
         index.append(b * L + np.arange(first, n, dtype=np.int32))
         targets.append(s.tokens[first + 1: n + 1])
+    index, targets, weights, n_loss = _loss_positions(index, targets, pad_to)
+    return Batch(inputs, index, targets, weights, int(sum(inputs_len) + len(samples)), n_loss)
+
+
+def _loss_positions(index: list[np.ndarray], targets: list[np.ndarray], pad_to: int):
+    """The per-row loss positions and their target tokens joined into flat int32 arrays, padded
+    with zeros to a multiple of ``pad_to``; returns (index, targets, weights, n_loss) where
+    ``weights`` is 1.0 on the ``n_loss`` real positions and 0.0 on the padding."""
     index = np.concatenate(index)
     targets = np.concatenate(targets).astype(np.int32)
     n_loss = len(index)
     N = round_up(n_loss, pad_to)
     weights = np.zeros(N, dtype=np.float32)
     weights[:n_loss] = 1.0
-    index = np.pad(index, (0, N - n_loss))
-    targets = np.pad(targets, (0, N - n_loss))
-    return Batch(inputs, index.astype(np.int32), targets, weights, int(sum(inputs_len) + len(samples)), n_loss)
+    return (np.pad(index, (0, N - n_loss)).astype(np.int32), np.pad(targets, (0, N - n_loss)),
+            weights, n_loss)
 
 
 def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
@@ -477,15 +485,7 @@ def packed_epoch(groups: list[PrefixGroup], lengths: np.ndarray, batch_size: int
             i += 1
         part.sort(key=lambda pm: (pm[0], max(lengths[m] - pm[0] for m in pm[1])))
         flat += part
-    batches, current, room = [], [], batch_size
-    for plen, members in flat:
-        while members:
-            take, members = members[:room], members[room:]
-            current.append((plen, take))
-            room -= len(take)
-            if room == 0:
-                batches.append(current)
-                current, room = [], batch_size
+    batches = _fill_runs(flat, itertools.repeat(batch_size))
     order = rng.permutation(len(batches))
     return [batches[k] for k in order]
 
@@ -494,7 +494,14 @@ def split_pieces(pieces: list[tuple[int, list[int]]], parts: int) -> list[list[t
     """Cut a batch's pieces into ``parts`` runs of (nearly) equal example counts."""
     total = sum(len(m) for _, m in pieces)
     sizes = [total // parts + (k < total % parts) for k in range(parts)]
-    out, current, room, k = [], [], sizes[0], 0
+    return [p for p in _fill_runs(pieces, iter(sizes)) if p]
+
+
+def _fill_runs(pieces: list[tuple[int, list[int]]], sizes) -> list[list[tuple[int, list[int]]]]:
+    """Cut ``pieces`` (prompt length, member rows) in order into runs of the next size from the
+    iterator ``sizes`` (0 once it is spent) members each, splitting a piece's members where a run
+    fills; a last run that is not full is dropped."""
+    out, current, room = [], [], next(sizes, 0)
     for plen, members in pieces:
         while members:
             take, members = members[:room], members[room:]
@@ -502,9 +509,8 @@ def split_pieces(pieces: list[tuple[int, list[int]]], parts: int) -> list[list[t
             room -= len(take)
             if room == 0:
                 out.append(current)
-                k += 1
-                current, room = [], (sizes[k] if k < parts else 0)
-    return [p for p in out if p]
+                current, room = [], next(sizes, 0)
+    return out
 
 
 @dataclass
@@ -560,14 +566,7 @@ def collate_packed(samples: list[Sample], pieces: list[tuple[int, list[int]]], p
         first = s.prompt_len - 1 - p
         index.append(r * Ls + np.arange(first, n, dtype=np.int32))
         targets.append(s.tokens[s.prompt_len: len(s.tokens)])
-    index = np.concatenate(index)
-    targets = np.concatenate(targets).astype(np.int32)
-    n_loss = len(index)
-    N = round_up(n_loss, pad_to)
-    weights = np.zeros(N, dtype=np.float32)
-    weights[:n_loss] = 1.0
-    index = np.pad(index, (0, N - n_loss)).astype(np.int32)
-    targets = np.pad(targets, (0, N - n_loss))
+    index, targets, weights, n_loss = _loss_positions(index, targets, pad_to)
     tokens = sum(len(s.tokens) for _, _, s in rows)
     computed = sum(plens) + sum(seg_lens)
     return PackedBatch(prefix, np.asarray(plens, dtype=np.int32), seg, np.asarray(gidx, dtype=np.int32),

@@ -28,7 +28,7 @@ from mlx_lm.tuner.dora import DoRALinear
 from mlx_lm.tuner.lora import LoRALinear, LoRASwitchLinear
 
 from ..errors import AdapterError, ConfigError
-from ..jsonl import write_json
+from ..jsonl import replace_with_plain_mode, write_json
 # Reading and loading adapter folders lives with model loading (inference needs it outside the
 # training package); the names stay importable from here.
 from ..models.adapters import (ADAPTER_FILE, CONFIG_FILE, FORMAT, MLX_LM_ADAPTER_FILE,  # noqa: F401
@@ -202,11 +202,7 @@ def _atomic_savez(path: Path, weights: dict[str, mx.array]) -> None:
         mx.savez(tmp, **weights)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        # mkstemp creates 0600 files; give the result the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        replace_with_plain_mode(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

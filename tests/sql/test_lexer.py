@@ -10,6 +10,8 @@ from mlx_text2sql.sql.lexer import (LexError, first_keyword, identifiers, mask, 
                                     split_statements, strip_leading_comments, tokenize,
                                     unterminated)
 
+from sqlcases import SPLIT_CASES
+
 
 def kinds(sql):
     """``kind:text`` of every token that is not whitespace."""
@@ -89,18 +91,7 @@ def test_closed(sql, closed):
 
 # --------------------------------------------------------------------------- statements, one case a line
 
-@pytest.mark.parametrize("sql, expected", [
-    ("SELECT 1", ["SELECT 1"]),
-    ("SELECT 1;", ["SELECT 1"]),
-    ("SELECT 1;;", ["SELECT 1"]),
-    ("SELECT 1; SELECT 2", ["SELECT 1", "SELECT 2"]),
-    ("SELECT ';'", ["SELECT ';'"]),
-    ("SELECT 'it''s; fine'", ["SELECT 'it''s; fine'"]),
-    ('SELECT "a;b" FROM t', ['SELECT "a;b" FROM t']),
-    ("SELECT [a;b], `c;d` FROM t", ["SELECT [a;b], `c;d` FROM t"]),
-    ("SELECT 1 -- ; not a split\n", ["SELECT 1 -- ; not a split"]),
-    ("SELECT 1 /* ; */ ; /* only a comment */", ["SELECT 1 /* ; */"]),
-    ("  ;  ", []),
+@pytest.mark.parametrize("sql, expected", SPLIT_CASES + [
     ("-- only\n/* comments */", []),
     ("SELECT 'open; still open", ["SELECT 'open; still open"]),
     ("SELECT 1 /* open; still open", ["SELECT 1 /* open; still open"]),

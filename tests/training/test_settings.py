@@ -39,14 +39,6 @@ CLI_VALUES = {
 }
 
 
-@pytest.fixture
-def data_dir(tmp_path):
-    d = tmp_path / "data"
-    d.mkdir()
-    (d / "train.jsonl").write_text('{"text": "x"}\n')
-    return d
-
-
 def test_the_table_is_the_effective_defaults():
     assert DEFAULTS == EFFECTIVE_DEFAULTS and C.DEFAULTS == DEFAULTS
     for s in SETTINGS:
