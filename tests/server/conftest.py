@@ -31,7 +31,7 @@ def other_db(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def programmed_service(tmp_path_factory):
     """The library object over a tiny model that always answers REPLY."""
-    from test_engine import make_programmed_model
+    from tinymodels import make_programmed_model
 
     from mlx_text2sql.api import Text2SQL
 

@@ -89,7 +89,7 @@ def test_the_command_serves(tmp_path, music_db):
 
     import httpx
     from serverkit import REPLY
-    from test_engine import make_programmed_model
+    from tinymodels import make_programmed_model
 
     model = make_programmed_model(tmp_path / "m", REPLY)
     root = Path(__file__).resolve().parent.parent.parent
