@@ -303,7 +303,8 @@ def parse_create_table(stmt: str) -> Table:
 
     Types are sqlglot's spelling of the declared type (``INTEGER`` reads as ``INT``); a
     statement sqlglot cannot parse, or one with no column list (``CREATE TABLE x AS SELECT``),
-    comes back with its name guessed and the text kept in ``create_sql``.
+    or one with table options (``WITHOUT ROWID``, ``STRICT``) comes back with its name guessed
+    and the text kept in ``create_sql``.
     """
     import sqlglot
     from sqlglot import expressions as exp
@@ -314,6 +315,9 @@ def parse_create_table(stmt: str) -> Table:
         schema = tree.this if isinstance(tree, exp.Create) else None
         if not isinstance(schema, exp.Schema) or not isinstance(schema.this, exp.Table):
             raise ValueError("no column list")
+        if tree.args.get("properties") is not None:
+            # table options (WITHOUT ROWID, STRICT, ...) a rendering from columns would lose
+            raise ValueError("table options")
         table = Table(name=schema.this.name)
         for item in schema.expressions:
             if isinstance(item, exp.ColumnDef):
