@@ -166,13 +166,15 @@ class ExecutionGuide:
         replies about to be sampled (if any), ``progress(k)`` as they finish (for a bar)."""
         choices: list[Choice] = []
         retry: list[int] = []
+        greedy_votes: dict[int, tuple | None] = {}  # vote mode: the greedy query's signature
         for i, it in enumerate(items):
             if it.db_path is None or not os.path.isfile(it.db_path):
                 choices.append(Choice(reason=None, sql=it.sql))
                 continue
-            reason, _ = verdict(it.sql, it.db_path, case_insensitive=it.case_insensitive,
-                                timeout_s=self.timeout_s, double_quoted_strings=it.double_quoted_strings)
+            reason, sig = verdict(it.sql, it.db_path, case_insensitive=it.case_insensitive,
+                                  timeout_s=self.timeout_s, double_quoted_strings=it.double_quoted_strings)
             choices.append(Choice(reason=reason, sql=it.sql))
+            greedy_votes[i] = _vote_of(reason, sig, empty_votes=True)
             if reason is not None or self.mode == "vote":
                 retry.append(i)
         if not retry:
@@ -193,25 +195,26 @@ class ExecutionGuide:
             c = choices[i]
             c.samples, c.candidates, c.mode = len(sqls), sqls, self.mode
             if self.mode == "vote":
-                self._vote(it, c, sqls)
+                self._vote(it, c, sqls, greedy_votes[i])
             else:
                 self._replace_failed(it, c, sqls)
         return choices
 
-    def _signature_of(self, it: Item, sql: str, empty_votes: bool) -> tuple | None:
-        """The result signature ``sql`` votes with; None when it has no vote."""
-        reason, sig = verdict(sql, it.db_path, case_insensitive=it.case_insensitive,
-                              timeout_s=self.timeout_s, double_quoted_strings=it.double_quoted_strings)
-        if reason is None:
-            return sig
-        return EMPTY if reason == "empty" and empty_votes else None
+    def _groups(self, it: Item, sqls: Sequence[str], empty_votes: bool, first: int = 0,
+                groups: dict[tuple, list[int]] | None = None) -> dict[tuple, list[int]]:
+        """Result signature -> indexes (from ``first``) of the queries that returned it; a
+        query without a vote (an error; an empty result unless ``empty_votes``) is in none."""
+        groups = {} if groups is None else groups
+        for j, sql in enumerate(sqls, start=first):
+            reason, sig = verdict(sql, it.db_path, case_insensitive=it.case_insensitive,
+                                  timeout_s=self.timeout_s, double_quoted_strings=it.double_quoted_strings)
+            vote = _vote_of(reason, sig, empty_votes)
+            if vote is not None:
+                groups.setdefault(vote, []).append(j)
+        return groups
 
     def _replace_failed(self, it: Item, c: Choice, sqls: list[str]) -> None:
-        groups: dict[tuple, list[int]] = {}
-        for j, s in enumerate(sqls):
-            sig = self._signature_of(it, s, empty_votes=False)
-            if sig is not None:
-                groups.setdefault(sig, []).append(j)
+        groups = self._groups(it, sqls, empty_votes=False)
         c.usable = sum(len(g) for g in groups.values())
         if groups:
             best = max(groups.values(), key=lambda g: (len(g), -g[0]))
@@ -219,13 +222,10 @@ class ExecutionGuide:
             c.sql = sqls[best[0]]
             c.changed = c.sql != it.sql
 
-    def _vote(self, it: Item, c: Choice, sqls: list[str]) -> None:
-        candidates = [it.sql] + sqls  # index 0: the greedy query
-        groups: dict[tuple, list[int]] = {}
-        for j, s in enumerate(candidates):
-            sig = self._signature_of(it, s, empty_votes=True)
-            if sig is not None:
-                groups.setdefault(sig, []).append(j)
+    def _vote(self, it: Item, c: Choice, sqls: list[str], greedy_vote: tuple | None) -> None:
+        candidates = [it.sql] + sqls  # index 0: the greedy query, already run by refine()
+        groups = {greedy_vote: [0]} if greedy_vote is not None else {}
+        groups = self._groups(it, sqls, empty_votes=True, first=1, groups=groups)
         c.usable = sum(len(g) for g in groups.values())
         if not groups:
             return
@@ -234,3 +234,11 @@ class ExecutionGuide:
         c.votes = len(best)
         c.sql = candidates[best[0]]
         c.changed = c.sql != it.sql
+
+
+def _vote_of(reason: str | None, sig: tuple | None, empty_votes: bool) -> tuple | None:
+    """What a query's :func:`verdict` votes for: its result's signature, :data:`EMPTY` for an
+    empty result when empty results vote, else None (no vote)."""
+    if reason is None:
+        return sig
+    return EMPTY if reason == "empty" and empty_votes else None
