@@ -138,7 +138,8 @@ class Text2SQL:
                  schema: str | None = None, options: AskOptions | None = None,
                  progress: Progress | None = None, stream_callback: StreamCallback | None = None,
                  guided_progress: Progress | None = None,
-                 guided_announce: Progress | None = None) -> list[Answer]:
+                 guided_announce: Progress | None = None,
+                 cancelled: Callable[[int], bool] | None = None) -> list[Answer]:
         """Answer many questions, in input order (each answer echoes its question's ``key``).
 
         All prompts are decoded together in the batched engine (one call; prompts over one
@@ -148,7 +149,9 @@ class Text2SQL:
                    their own database or schema.
         progress(n): greedy replies finished since the last call; stream_callback(i, piece):
                    new reply text of question ``i``; guided_announce(n) / guided_progress(k):
-                   the replies execution-guided decoding is about to sample / has sampled.
+                   the replies execution-guided decoding is about to sample / has sampled;
+        cancelled(i): true once question ``i``'s answer is no longer wanted: its decoding
+                   stops at once (``finish_reason`` "cancelled", no SQL, nothing executed).
         Raises InputError / ConfigError before any model work when an input is invalid.
         """
         t0 = time.perf_counter()
@@ -157,14 +160,17 @@ class Text2SQL:
         options = options or AskOptions()
         prepared = self._predictor.prepare(list(questions), db=db, schema=schema, options=options)
         return self._predictor.run(prepared, options, progress=progress, stream_callback=stream_callback,
-                                   guided_progress=guided_progress, guided_announce=guided_announce, t0=t0)
+                                   guided_progress=guided_progress, guided_announce=guided_announce, t0=t0,
+                                   cancelled=cancelled)
 
     def complete(self, messages_list: Sequence[list[dict]], *, max_tokens: int = 256, temp: float = 0.0,
                  top_p: float = 1.0, seed: int | None = None, stream_callback: StreamCallback | None = None,
-                 stop: Sequence[str] | None = None, batch_size: int = 16) -> list[Completion]:
+                 stop: Sequence[str] | None = None, batch_size: int = 16,
+                 cancelled: Callable[[int], bool] | None = None) -> list[Completion]:
         """Raw chat completions through the same batched engine, in input order (one
         :class:`Completion` per message list; no SQL extraction or execution).
-        stop: stop strings (default: the chat template's)."""
+        stop: stop strings (default: the chat template's); cancelled(i): true once completion
+        ``i`` is no longer wanted (it stops at once, ``finish_reason`` "cancelled")."""
         from .errors import ConfigError
         from .inference.predictor import check_messages
 
@@ -175,7 +181,8 @@ class Text2SQL:
             raise InputError("complete takes a non-empty list of message lists")
         prompts = [check_messages(m, f"messages {i}") for i, m in enumerate(messages_list)]
         results = self.generator.generate(prompts, max_tokens=max_tokens, temp=temp, top_p=top_p, seed=seed,
-                                          batch_size=batch_size, stream_callback=stream_callback, stop=stop)
+                                          batch_size=batch_size, stream_callback=stream_callback, stop=stop,
+                                          cancelled=cancelled)
         return [Completion(text=r.text, finish_reason=r.finish_reason, n_prompt_tokens=r.n_prompt_tokens,
                            n_tokens=r.n_tokens, n_cached_tokens=r.n_cached_tokens, decode_s=r.seconds)
                 for r in results]

@@ -105,13 +105,30 @@ class Predictor:
     def run(self, prepared: Sequence[Prepared], options: AskOptions, *, progress: Progress | None = None,
             stream_callback: Callable[[int, str], None] | None = None,
             guided_progress: Progress | None = None, guided_announce: Progress | None = None,
-            t0: float | None = None) -> list[Answer]:
-        """Answers in input order: one batched greedy call, then refinement and execution."""
+            t0: float | None = None, cancelled: Callable[[int], bool] | None = None) -> list[Answer]:
+        """Answers in input order: one batched greedy call, then refinement and execution.
+        A question whose ``cancelled(i)`` turns true stops decoding at once; its answer has
+        ``finish_reason`` "cancelled", no SQL, and is neither refined nor executed."""
         t0 = time.perf_counter() if t0 is None else t0
         results = self.gen.generate(
             [p.messages for p in prepared], max_tokens=options.max_tokens, temp=options.temp,
             top_p=options.top_p, seed=options.seed, batch_size=options.batch_size,
-            stream_callback=stream_callback, progress=progress)
+            stream_callback=stream_callback, progress=progress, cancelled=cancelled)
+        live = [i for i, r in enumerate(results) if r.finish_reason != "cancelled"]
+        live_set = set(live)
+        answers: list = [None if i in live_set else self._answer(p, r, None, None, [], None, 0.0, options)
+                         for i, (p, r) in enumerate(zip(prepared, results))]
+        rest = self._finish([prepared[i] for i in live], [results[i] for i in live], options,
+                            guided_progress, guided_announce)
+        for i, a in zip(live, rest):
+            answers[i] = a
+        total = time.perf_counter() - t0
+        for a in answers:
+            a.timings.total_s = total
+        return answers
+
+    def _finish(self, prepared, results, options: AskOptions, guided_progress, guided_announce) -> list[Answer]:
+        """Value repair, execution-guided decoding and execution of the greedy replies."""
         greedy = [r.sql or None for r in results]
         fixed = [self.refiner.repair(s, p.db, p.question.question) if options.fix_values else (s, [])
                  for s, p in zip(greedy, prepared)]
@@ -122,9 +139,6 @@ class Predictor:
             choice = choices[i] if choices else None
             sql = (choice.sql or None) if choice is not None else sqls[i]
             answers.append(self._answer(p, r, sql, greedy[i], fixed[i][1], choice, guided_s[i], options))
-        total = time.perf_counter() - t0
-        for a in answers:
-            a.timings.total_s = total
         return answers
 
     def _guide(self, prepared, sqls, options: AskOptions, progress, announce):

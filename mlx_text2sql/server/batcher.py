@@ -12,7 +12,9 @@ input fails only its own request.
 The queue is bounded (``Limits.max_queue`` jobs waiting or decoding): :meth:`Batcher.submit`
 raises :class:`Overloaded` beyond it. A job whose client went away (:meth:`Batcher.cancel`)
 frees its place at once: a waiting job is taken out of the queue; a job already decoding gives
-up its place in the count and its result is dropped when its batch ends.
+up its place in the count, and where the service takes ``cancelled`` (``api.Text2SQL`` does)
+its row stops decoding at the next token and frees its place in the batch; its result is
+dropped.
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ class Batcher:
         self._thread: threading.Thread | None = None
         self._batch_s = 1.0  # moving average of a batch's wall time, for Retry-After
         self._batch_kw = {name: _takes(getattr(service, name), "batch_size") for name in ("ask_many", "complete")}
+        self._cancel_kw = {name: _takes(getattr(service, name), "cancelled") for name in ("ask_many", "complete")}
 
     # ----------------------------------------------------------------- life cycle
 
@@ -231,13 +234,21 @@ class Batcher:
 
     def _call(self, batch: list[Job]) -> list:
         kind = batch[0].kind
+
+        def gone(i: int) -> bool:
+            return batch[i].cancelled
+
         if kind == "ask":
             kw = {"batch_size": len(batch)} if self._batch_kw["ask_many"] else {}
+            if self._cancel_kw["ask_many"]:
+                kw["cancelled"] = gone
             return self.service.ask_many([j.item for j in batch], options=batch[0].options, **kw)
         if kind == "complete":
             kw = dict(batch[0].options)
             if self._batch_kw["complete"]:
                 kw["batch_size"] = len(batch)
+            if self._cancel_kw["complete"]:
+                kw["cancelled"] = gone
             if any(j.on_piece is not None for j in batch):
                 def stream(i: int, piece: str) -> None:
                     job = batch[i]

@@ -189,6 +189,49 @@ def test_stop_string_spanning_tokens_is_cut_and_never_streamed(programmed):
         assert "".join(pieces[i]) == r.text  # the held-back " WHERE" never reached the stream
 
 
+@pytest.mark.parametrize("batch_size", [1, 2, 4])
+def test_a_cancelled_row_stops_at_once_and_the_others_are_unchanged(lm_random, batch_size):
+    """cancelled(i) ends row i at the next token (or before its prefill) and frees its place;
+    the other rows get the same tokens as without it."""
+    prompts = prompts_set()[:5]
+    base = SQLGenerator(lm_random).generate(prompts, max_tokens=12, batch_size=batch_size, stop=[])
+    gen = SQLGenerator(lm_random)
+    seen: list[str] = []  # row 1's streamed pieces (no stop strings: nothing is held back)
+
+    def cancelled(i: int) -> bool:  # row 3 before it starts, row 1 after three pieces
+        return i == 3 or (i == 1 and len(seen) >= 3)
+
+    results = gen.generate(prompts, max_tokens=12, batch_size=batch_size, cancelled=cancelled, stop=[],
+                           stream_callback=lambda i, piece: seen.append(piece) if i == 1 else None)
+    assert results[3].finish_reason == "cancelled" and results[3].n_tokens == 0 and results[3].text == ""
+    assert results[1].finish_reason == "cancelled" and 2 <= results[1].n_tokens < 12
+    assert results[1].tokens[:-1] == base[1].tokens[: results[1].n_tokens - 1]
+    for i in (0, 2, 4):
+        assert results[i].tokens == base[i].tokens and results[i].finish_reason == base[i].finish_reason
+    assert gen.stats.generated_tokens < sum(r.n_tokens for r in base)
+
+
+def test_cancelled_questions_are_neither_refined_nor_executed(programmed, tmp_path):
+    import sqlite3
+
+    from mlx_text2sql.api import AskOptions, Text2SQL
+
+    db = tmp_path / "s.sqlite"
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE singer (name TEXT, age INT)")
+        con.execute("INSERT INTO singer VALUES ('Ann', 40)")
+    t2s = Text2SQL.load(str(programmed))
+    answers = t2s.ask_many(["q0", "q1", "q2"], db=db, options=AskOptions(vote=2),
+                           cancelled=lambda i: i == 1)
+    assert [a.finish_reason for a in answers] == ["stop", "cancelled", "stop"]
+    assert answers[1].sql is None and answers[1].rows is None and answers[1].guided is None
+    assert answers[0].rows == answers[2].rows == [["Ann"]]
+    done = t2s.complete([[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]],
+                        cancelled=lambda i: i == 0)
+    assert done[0].finish_reason == "cancelled" and done[0].n_tokens == 0
+    assert done[1].text == "SELECT name FROM singer WHERE age > 30"
+
+
 def test_streaming_pieces_add_up_to_the_reply(programmed):
     lm = load_model(str(programmed))
     pieces = []

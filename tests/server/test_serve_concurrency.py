@@ -5,6 +5,7 @@ clients equal the replies to the same requests sent one at a time."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import time
 
 import httpx
 
@@ -90,3 +91,48 @@ def test_a_second_question_on_a_warm_database_computes_only_its_own_tokens(serve
     assert computed < total / 4  # warm: the schema came from the prefix cache
     health = httpx.get(s.url + "/health").json()
     assert health["prefix_cache"]["entries"] >= 1 and 0 < health["prefix_cache"]["bytes"] <= health["prefix_cache"]["max_bytes"]
+
+
+def test_a_job_cancelled_while_decoding_is_told_to_the_engine():
+    """A decoding job whose client leaves reaches the service's ``cancelled`` hook, so its
+    row stops decoding instead of running to its token limit; the other job is answered."""
+    import asyncio
+    import threading
+
+    from mlx_text2sql.server.batcher import Batcher, Job
+
+    started = threading.Event()
+    seen: list[list[bool]] = []
+
+    class Service:
+        def complete(self, messages_list, *, cancelled=None, **kw):
+            started.set()
+            deadline = time.monotonic() + 10
+            while not cancelled(0) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            seen.append([cancelled(i) for i in range(len(messages_list))])
+            return [f"reply {i}" for i in range(len(messages_list))]
+
+        def ask_many(self, questions, *, options=None, cancelled=None):
+            raise AssertionError("not used")
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        b = Batcher(Service(), window_s=0.05)
+        b.start()
+        try:
+            jobs = [Job("complete", [{"role": "user", "content": str(i)}], {}, loop, loop.create_future())
+                    for i in range(2)]
+            for j in jobs:
+                b.submit(j)
+            await loop.run_in_executor(None, started.wait, 5)
+            b.cancel(jobs[0])
+            assert await asyncio.wait_for(jobs[1].future, 5) == "reply 1"
+            assert not jobs[0].future.done()
+            return b.stats
+        finally:
+            b.stop()
+
+    stats = asyncio.run(scenario())
+    assert seen == [[True, False]]
+    assert (stats.cancelled, stats.dropped, stats.batches) == (1, 1, 1)

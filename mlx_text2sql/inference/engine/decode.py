@@ -22,10 +22,14 @@ from .rows import _Active, _Lookup, _Row
 Finished = Callable[[_Row], None]
 
 
-def admit(gen, active: _Active | None, queue: deque, batch_size: int, sampler) -> _Active | None:
+def admit(gen, active: _Active | None, queue: deque, batch_size: int, sampler,
+          finished: Finished | None = None) -> _Active | None:
     """Prefill queued prompts into the free rows when at least a quarter of the batch is
     free (or nothing is active); returns the new rows as a batch (their first tokens
-    evaluated, not yet read), or None."""
+    evaluated, not yet read), or None. Queued rows whose caller is gone (``_Row.gone``) are
+    finished as "cancelled" without a prefill."""
+    if finished is not None:
+        drop_cancelled(gen, queue, finished)
     free = batch_size - (active.size if active else 0)
     if not queue or (active is not None and free < min(max(1, batch_size // 4), len(queue))):
         return None
@@ -39,6 +43,23 @@ def admit(gen, active: _Active | None, queue: deque, batch_size: int, sampler) -
     return new
 
 
+def drop_cancelled(gen, queue: deque, finished: Finished) -> None:
+    """Finish the queued rows nobody waits for any more, keeping the others in order."""
+    if not any(row.cancelled is not None for row in queue):
+        return
+    keep = []
+    now = time.perf_counter()
+    for row in queue:
+        if row.gone():
+            row.t_start = now
+            row.finish_reason = "cancelled"
+            finish(gen, row, now, finished)
+        else:
+            keep.append(row)
+    queue.clear()
+    queue.extend(keep)
+
+
 def finish(gen, row: _Row, now: float, finished: Finished) -> None:
     row.t_end = now
     gen.stats.generated_tokens += len(row.generated)
@@ -50,7 +71,7 @@ def decode(gen, queue: deque, sampler, batch_size: int, finished: Finished) -> N
     least a quarter of the batch has finished, prefill queued prompts into the free rows."""
     active: _Active | None = None
     while queue or active is not None:
-        new = admit(gen, active, queue, batch_size, sampler)
+        new = admit(gen, active, queue, batch_size, sampler, finished)
         if new is not None:
             active = new if active is None else active.extend(new)
 
@@ -95,7 +116,7 @@ def decode_speculative(gen, queue: deque, batch_size: int, finished: Finished) -
     active: _Active | None = None
     pending: list[int] = []  # each active row's next input token (already added to the row)
     while queue or active is not None:
-        new = admit(gen, active, queue, batch_size, greedy)
+        new = admit(gen, active, queue, batch_size, greedy, finished)
         if new is not None:
             new, first = _take_first_tokens(gen, new, finished)
             if new is not None:

@@ -165,7 +165,8 @@ class SQLGenerator:
     def generate(self, prompts: Sequence[Prompt], *, max_tokens: int = 128, temp: float = 0.0,
                  top_p: float = 1.0, seed: int | None = None, batch_size: int = 8,
                  stream_callback: StreamCallback | None = None, stop: Sequence[str] | None = None,
-                 progress: Callable[[int], None] | None = None) -> list[Result]:
+                 progress: Callable[[int], None] | None = None,
+                 cancelled: Callable[[int], bool] | None = None) -> list[Result]:
         """Generate one reply per prompt, in input order.
 
         prompts:   chat message lists (rendered with the model's template), raw strings or
@@ -177,6 +178,9 @@ class SQLGenerator:
                    text that could begin a stop string is held back until decided.
         stop:      stop strings (default: the model's template stop strings).
         progress(n): called with the number of prompts finished since the last call.
+        cancelled(i): true once prompt ``i``'s reply is no longer wanted (its client left);
+                   checked before its prefill and after every token, the row then ends at
+                   once with ``finish_reason`` "cancelled" and frees its place in the batch.
         """
         from mlx_lm.sample_utils import make_sampler
 
@@ -188,7 +192,7 @@ class SQLGenerator:
             mx.random.seed(seed)
         sampler = make_sampler(temp=temp, top_p=top_p if 0 < top_p < 1 else 0.0)
         stops = self.stop if stop is None else [s for s in stop if s]
-        rows = self._rows(prompts, stops, max_tokens, stream_callback)
+        rows = self._rows(prompts, stops, max_tokens, stream_callback, cancelled)
         results: list[Result | None] = [None] * len(rows)
 
         def finished(row: _Row) -> None:
@@ -198,8 +202,11 @@ class SQLGenerator:
 
         if not self.batched:
             for row in rows:
-                row.t_start = time.perf_counter()
-                self._generate_unbatched(row, sampler)
+                row.t_start = row.t_end = time.perf_counter()
+                if row.gone():
+                    row.finish_reason = "cancelled"
+                else:
+                    self._generate_unbatched(row, sampler)
                 finished(row)
             return results  # type: ignore[return-value]
 
@@ -209,13 +216,13 @@ class SQLGenerator:
         return results  # type: ignore[return-value]
 
     def _rows(self, prompts: Sequence[Prompt], stops: list[str], max_tokens: int,
-              callback: StreamCallback | None) -> list[_Row]:
+              callback: StreamCallback | None, cancelled: Callable[[int], bool] | None = None) -> list[_Row]:
         """One decoding row per prompt, its tokens encoded (an empty prompt is an error)."""
         token_lists = [self.prompt_tokens(p) for p in prompts]
         for i, toks in enumerate(token_lists):
             if not toks:
                 raise ValueError(f"prompt {i} is empty")
-        return [_Row(i, toks, self.tokenizer.detokenizer, self.eos_ids, stops, max_tokens, callback)
+        return [_Row(i, toks, self.tokenizer.detokenizer, self.eos_ids, stops, max_tokens, callback, cancelled)
                 for i, toks in enumerate(token_lists)]
 
     def _generate_batched(self, rows: list[_Row], sampler, batch_size: int, speculative: bool,

@@ -11,6 +11,7 @@ import numpy as np
 from .cache import _Batch, _LayerCache
 
 StreamCallback = Callable[[int, str], None]
+Cancelled = Callable[[int], bool]
 
 
 class _Lookup:
@@ -55,8 +56,10 @@ class _Row:
     """Decoding state of one prompt: detokenized text, stop-string search, streaming."""
 
     def __init__(self, index: int, tokens: list[int], detokenizer, eos_ids: set[int],
-                 stop: list[str], max_tokens: int, callback: StreamCallback | None):
+                 stop: list[str], max_tokens: int, callback: StreamCallback | None,
+                 cancelled: Cancelled | None = None):
         self.index = index
+        self.cancelled = cancelled
         self.prompt = tokens
         self.detok = detokenizer
         self.eos_ids = eos_ids
@@ -81,6 +84,8 @@ class _Row:
             self.lookup.push(token)
         if token in self.eos_ids:
             self.finish_reason = "stop"
+        elif self.gone():
+            self.finish_reason = "cancelled"
         else:
             self.detok.add_token(token)
             self.text += self.detok.last_segment
@@ -96,6 +101,10 @@ class _Row:
             return True
         self._emit(final=False)
         return False
+
+    def gone(self) -> bool:
+        """Whoever asked for this row no longer wants it (``cancelled(index)`` is true)."""
+        return self.cancelled is not None and bool(self.cancelled(self.index))
 
     def _cut_at_stop(self) -> bool:
         hits = [self.text.find(s) for s in self.stop if s]
