@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-base", action="store_true",
                    help="also score the base model without the adapter, in the same run")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N records")
+    p.add_argument("--executable-only", action="store_true",
+                   help="leave out records whose SQLite file is missing (they cannot be scored by "
+                        "execution; e.g. Spider dev's wta_1), before --limit/--sample")
     p.add_argument("--sample", type=int, default=None, metavar="N",
                    help="evaluate a random sample of N records (drawn with --seed, kept in file order), "
                         "e.g. a quick estimate over every database of Spider dev")
@@ -381,11 +384,15 @@ def _validate(args) -> None:
 
 
 def _select_records(data: str, *, limit: int | None, sample: int | None, seed: int,
-                    strict: bool) -> tuple[list[dict], Path]:
+                    strict: bool, executable_only: bool = False) -> tuple[list[dict], Path]:
     """The records to evaluate (the first ``limit``, or a seeded ``sample`` kept in file
-    order) and the file they came from; skipped lines are named on stderr."""
+    order; with ``executable_only``, of those whose database file exists) and the file they
+    came from; skipped lines are named on stderr."""
     path = resolve_data(data)
-    records, bad = load_records(path, limit, strict)
+    records, bad = load_records(path, None if executable_only else limit, strict)
+    if executable_only:
+        records = _executable(records, path.parent)
+        records = records[:limit] if limit is not None else records
     if sample is not None and sample < len(records):
         import random
 
@@ -399,6 +406,28 @@ def _select_records(data: str, *, limit: int | None, sample: int | None, seed: i
     if not records:
         raise InputError("no usable records", str(path))
     return records, path
+
+
+def _executable(records: list[dict], base_dir: Path) -> list[dict]:
+    """The records whose ``db_path`` names an existing file; the others are counted on stderr
+    by database."""
+    from collections import Counter
+
+    from .scoring.evaluation import _resolve_db
+
+    keep, gone = [], Counter()
+    for r in records:
+        db = _resolve_db(r, base_dir)
+        if db is not None and db.is_file():
+            keep.append(r)
+        else:
+            gone[r.get("db_id") or str(r.get("db_path") or "no database")] += 1
+    if gone:
+        named = ", ".join(f"{k} ({v})" for k, v in gone.most_common(5))
+        more = f" and {len(gone) - 5} more" if len(gone) > 5 else ""
+        print(f"--executable-only: left out {sum(gone.values())} records without a database file: {named}{more}",
+              file=sys.stderr)
+    return keep
 
 
 def _model_runs(records, base_dir, *, load: dict, options: AskOptions, compare_base: bool,
@@ -428,7 +457,7 @@ def _main(args) -> int:
     from .metrics import summarize
 
     records, path = _select_records(args.data, limit=args.limit, sample=args.sample, seed=args.seed,
-                                    strict=args.strict)
+                                    strict=args.strict, executable_only=args.executable_only)
     base_dir = path.parent
     print(f"evaluating {len(records)} records from {path}", file=sys.stderr)
 

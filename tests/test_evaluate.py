@@ -67,6 +67,21 @@ def test_sample_draws_a_seeded_subset_in_file_order(dataset, tmp_path, capsys):
     assert "a random sample of 2 of 3 records" in capsys.readouterr().err
 
 
+def test_executable_only_leaves_out_records_without_a_database_file(dataset, tmp_path, capsys):
+    recs = [json.loads(x) for x in dataset.read_text().splitlines()]
+    recs[1]["db_path"] = "missing/gone.sqlite"
+    recs[1]["db_id"] = "gone"
+    dataset.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = tmp_path / "pred.jsonl"
+    assert evaluate.main(["--data", str(dataset), "--gold", "--output", str(out)]) == 0
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["t0", "t1", "t2"]
+    capsys.readouterr()
+    assert evaluate.main(["--data", str(dataset), "--gold", "--executable-only", "--limit", "2",
+                          "--output", str(out)]) == 0
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["t0", "t2"]
+    assert "left out 1 records without a database file: gone (1)" in capsys.readouterr().err
+
+
 def test_gold_catches_a_broken_gold_query(tmp_path, capsys):
     _db(tmp_path / "db.sqlite")
     path = tmp_path / "test.jsonl"
