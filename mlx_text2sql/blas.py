@@ -1,7 +1,7 @@
 """Run MLX on an optimized BLAS on Linux.
 
-MLX's Linux CPU wheel links a reference BLAS (~5 GFLOP/s float32 matmul on our 2-core
-machines); with OpenBLAS the same matmul runs ~40-50x faster. :func:`ensure_fast_blas` loads
+MLX's Linux CPU wheel links a reference BLAS; OpenBLAS runs the same float32 matmuls many
+times faster (``benchmarks/blas.py`` measures both). :func:`ensure_fast_blas` loads
 OpenBLAS into the process with ``RTLD_GLOBAL`` *before* MLX is loaded: the dynamic linker then
 binds MLX's BLAS calls (``cblas_sgemm`` ...) to OpenBLAS, exactly as ``LD_PRELOAD`` would, but
 without restarting the process (so it works under pytest, in notebooks and in ``python -c``).
@@ -39,8 +39,7 @@ def find_openblas() -> str | None:
         return explicit if Path(explicit).is_file() and _loadable(explicit) else None
     # Every candidate is test-loaded before it is chosen: the cmeel wheel's build needs a system
     # libgfortran.so.5 (Debian's package brings it). Newer releases have much faster small
-    # matrix products (measured: OpenBLAS 0.3.31 runs a 24 x 576 by 576 x 1536 float32 product
-    # in 0.26 ms, 0.3.21 in 0.49 ms), which is what decoding is made of.
+    # matrix products (a few rows by a weight matrix), which is what decoding is made of.
     # Newest release first (read from the file or wheel, so that only the chosen library is
     # loaded: a loaded OpenBLAS starts its thread pool, and two pools slow each other down).
     ordered = sorted(candidates(), key=_release, reverse=True)  # stable: ties keep Debian's first
@@ -194,7 +193,7 @@ def blas_status() -> str:
     if "openblas" in preload:
         return f"OpenBLAS preloaded ({preload.split(':')[0]})"
     if os.environ.get(OPT_OUT):
-        return f"reference BLAS ({OPT_OUT} is set): matrix products will be ~40x slower"
+        return f"reference BLAS ({OPT_OUT} is set): matrix products will be many times slower"
     if "mlx.core" in sys.modules:
         return ("reference BLAS: MLX was imported before mlx_text2sql, too late to load OpenBLAS "
                 "(import mlx_text2sql first, or set LD_PRELOAD to an OpenBLAS library)")

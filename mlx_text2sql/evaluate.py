@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_refine_options(p, fix_values_help="; the accuracy without it is reported too",
                             exec_guided_help="; the accuracy without it is reported too")
     opts.add_generation_options(p, batch_size=32, seed=0,
-                                batch_size_help="; on SmolLM2-135M on a 2-core CPU, 32 rows give ~1.1x the "
-                                                "queries/s of 16; lower it for a 7B model on a small Mac")
+                                batch_size_help="; rows decoded together share each read of the weights; "
+                                                "lower it for a large model on a machine with little memory")
     opts.add_timeout_option(p)
     p.add_argument("--strict", action="store_true", help="stop at the first malformed JSONL line")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -129,7 +129,7 @@ MAX_VALUE_BYTES = 16 * 1024 * 1024
 # A collation every connection carries: Unicode case-insensitive comparison (SQLite's own
 # NOCASE folds ASCII letters only, so 'Şımarık' would not equal 'şımarık').
 CASEFOLD_COLLATION = "CASEFOLD"
-PROGRESS_EVERY = 1000  # VM instructions between deadline checks: ~10 µs of work each
+PROGRESS_EVERY = 1000  # VM instructions between deadline checks: microseconds of work, so a deadline is met closely
 # A query still running this long after timeout_s is killed with its worker process.
 HARD_DEADLINE_GRACE_S = 0.2
 MEMORY_LIMIT_BYTES = 1024 * 1024 * 1024  # address space of one worker process

@@ -163,3 +163,19 @@ def test_eval_batches_are_fixed_and_spread():
     b = eval_batches(lengths, 4, limit=5)
     assert len(b) == 5 and b[0].tolist() == [99, 98, 97, 96] and b[-1].tolist() == [3, 2, 1, 0]
     assert sum(len(x) for x in eval_batches(lengths, 8, limit=None)) == 100
+
+
+def test_the_data_code_imports_no_mlx():
+    """Tokenizing and batching are NumPy only: a data tool or a peer benchmark can use them
+    without loading MLX (importing ``tuner`` itself loads nothing until a LoRA name is used)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; import numpy as np; import mlx_text2sql.tuner.data as d; import mlx_text2sql.tuner as t; "
+            "d.collate([d.Sample(np.arange(9, dtype=np.int32), 4)]); "
+            "assert not [m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm')], 'MLX imported'; "
+            "t.apply_lora; assert 'mlx.core' in sys.modules")
+    root = Path(__file__).resolve().parent.parent
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr

@@ -121,19 +121,8 @@ def need_model_dir(path: str | Path) -> Path:
 # --------------------------------------------------------------------------- data
 
 def _data_module():
-    """Our ``tuner.data`` (numpy only) without running ``tuner/__init__``, which imports MLX.
-
-    The package ``mlx_text2sql.tuner`` is registered as a bare namespace holding just its path,
-    so ``import mlx_text2sql.tuner.data`` finds the module without executing the package's
-    ``__init__`` (which imports the MLX LoRA layers). Keeping MLX out keeps the peak memory
-    measured here torch's own."""
-    import mlx_text2sql
-
-    name = "mlx_text2sql.tuner"
-    if name not in sys.modules:
-        pkg = types.ModuleType(name)
-        pkg.__path__ = [str(Path(mlx_text2sql.__file__).parent / "tuner")]
-        sys.modules[name] = pkg
+    """Our ``tuner.data`` (NumPy only: importing it loads no MLX, so the peak memory measured
+    here is torch's own)."""
     from mlx_text2sql.tuner import data
 
     return data

@@ -166,7 +166,7 @@ def load_model(spec: str | os.PathLike | None = DEFAULT_MODEL, *, dtype: str | N
 def default_train_dequantize(log_choice: bool = True) -> bool:
     """Whether training should default to a dense float32 copy of a quantized model.
 
-    True where MLX runs on the CPU (Linux without CUDA): its quantized matmul is ~15x slower there
+    True where MLX runs on the CPU (Linux without CUDA): its quantized matmul is far slower there
     than a float32 one on OpenBLAS. False on Apple GPUs (and CUDA), where QLoRA is the fast path.
     """
     import mlx.core as mx

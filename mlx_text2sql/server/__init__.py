@@ -1,7 +1,10 @@
 """The HTTP server behind ``mlx-text2sql serve``: a FastAPI app over one loaded model.
 
-- :mod:`.app`       the routes (web page, ``/v1/sql``, ``/v1/execute``, ``/v1/databases``,
-                    OpenAI-compatible ``/v1/models`` and ``/v1/chat/completions``, ``/health``)
+- :mod:`.app`       ``create_app``: the routers, the worker's lifetime, the outer guards
+- :mod:`.routes`    the routes: ``pages`` (web page, ``/health``), ``sql`` (``/v1/sql``,
+                    ``/v1/execute``, ``/v1/databases``), ``openai`` (OpenAI-compatible
+                    ``/v1/models`` and ``/v1/chat/completions``)
+- :mod:`.context`   what handlers share, as dependencies: the server's state, API key, limits
 - :mod:`.schemas`   pydantic request and response models
 - :mod:`.batcher`   one worker thread that decodes concurrent requests together
 - :mod:`.limits`    limits, API key check, body size guard

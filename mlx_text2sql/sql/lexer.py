@@ -107,7 +107,7 @@ _PLAIN = (
 _SCAN = re.compile("|".join(f"(?P<{g}>{pat})" for g, _, _, pat in _STRUCTURE))
 # The quotes and comments alone, for a search: plain runs hold no opening quote, "--" or "/*",
 # so the next match of this pattern is where the next quote or comment token of _SCAN starts.
-# The lookahead lets the search skip plain text quickly (several times faster on a schema).
+# The lookahead lets the search skip plain text quickly.
 _QUOTES_AND_COMMENTS = re.compile("(?=['\"`\\[/-])(?:" + "|".join(
     f"(?P<{g}>{pat})" for g, _, _, pat in _STRUCTURE if g not in ("plain", "semicolon")) + ")")
 _SCAN_KIND = {g: (kind, closed) for g, kind, closed, _ in _STRUCTURE}

@@ -186,7 +186,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batch_size", 4, int, "examples per batch (default {default})", S, minimum=1, trainer="batch_size"),
     Setting("grad_accum", 1, int, "batches per optimizer step (default 1)", S, minimum=1, trainer="grad_accum"),
     Setting("grad_checkpoint", False, bool,
-            "recompute activations in the backward pass (less memory, ~30%% slower)", S, trainer="grad_checkpoint"),
+            "recompute activations in the backward pass (less memory; slower, as each block's forward pass runs again)", S, trainer="grad_checkpoint"),
     Setting("lr", 5e-4, float, "peak learning rate (default {default:g})", S, minimum=0, minimum_open=True,
             flags=("--lr", "--learning-rate")),
     Setting("lr_schedule", "cosine", str, "default cosine", S, choices=SCHEDULES),

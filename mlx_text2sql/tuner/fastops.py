@@ -1,7 +1,7 @@
 """Cheaper transcendental math for training where MLX runs on the CPU.
 
-On the Linux CPU backend ``mx.exp`` (and so softmax, sigmoid and SiLU) runs at ~60-100 million
-elements/s, while multiply-adds run at billions: in a SmolLM2-135M LoRA step the attention
+On the Linux CPU backend ``mx.exp`` (and so softmax, sigmoid and SiLU) is scalar, orders of
+magnitude slower per element than a multiply-add: in a small model's LoRA step the attention
 softmax and the MLP's SiLU, not the matrix products, take a large share of the time. Here
 ``exp`` is computed as ``2^n * p(f)`` (n = floor(x log2 e), f in [0, 1), p a degree-7 polynomial;
 relative error < 1e-6) from multiply-adds and a bit shift, compiled into one kernel, with

@@ -112,6 +112,32 @@ def apply_lora(model, *, rank: int = 8, alpha: float = 16.0, dropout: float = 0.
     """
     if lora_settings(model) is not None or lora_layers(model):
         raise AdapterError("the model already has LoRA layers; load a fresh base model")
+    blocks = _blocks(model)
+    num_layers = None if num_layers is not None and num_layers < 0 else num_layers
+    _check_settings(rank, alpha, dropout, num_layers, len(blocks))
+
+    model.freeze()
+    scale = float(alpha) / rank
+    wrap = _wrapper(rank, dropout, scale, dora)
+    wanted = None if targets is None else [str(t).strip(".") for t in targets]
+    # Which block-relative linear paths exist (for matching and for error messages).
+    available = _linear_paths(blocks)
+    resolved = {rel for rel in available if wanted is None or _matches(rel, wanted)}
+    for block in (blocks if num_layers is None else blocks[-num_layers:]):
+        swaps = [(rel, wrap(mod)) for rel, mod in block.named_modules() if rel in resolved]
+        if swaps:
+            block.update_modules(tree_unflatten(swaps))
+    matched = resolved | set(_wrap_outside_blocks(model, wanted, wrap))
+    _check_matched(wanted, matched, available)
+
+    settings = LoraSettings(rank=rank, alpha=float(alpha), scale=scale, dropout=float(dropout),
+                            targets=tuple(sorted(matched)), num_layers=num_layers, dora=bool(dora))
+    object.__setattr__(model, "_text2sql_lora", settings)
+    return trainable_parameter_count(model)
+
+
+def _check_settings(rank, alpha, dropout, num_layers: int | None, n_blocks: int) -> None:
+    """Every impossible LoRA setting, in one ConfigError."""
     problems = []
     if not isinstance(rank, int) or rank < 1:
         problems.append(f"LoRA rank must be a positive integer (got {rank!r})")
@@ -119,27 +145,14 @@ def apply_lora(model, *, rank: int = 8, alpha: float = 16.0, dropout: float = 0.
         problems.append(f"LoRA alpha must be > 0 (got {alpha!r})")
     if not 0.0 <= dropout < 1.0:
         problems.append(f"LoRA dropout must be in [0, 1) (got {dropout!r})")
-    blocks = _blocks(model)
-    if num_layers is not None and num_layers < 0:
-        num_layers = None
-    if num_layers is not None and not 1 <= num_layers <= len(blocks):
-        problems.append(f"LoRA layers must be between 1 and the model's {len(blocks)} blocks (got {num_layers})")
+    if num_layers is not None and not 1 <= num_layers <= n_blocks:
+        problems.append(f"LoRA layers must be between 1 and the model's {n_blocks} blocks (got {num_layers})")
     if problems:
         raise ConfigError(problems)
 
-    model.freeze()
-    scale = float(alpha) / rank
-    chosen = blocks if num_layers is None else blocks[-num_layers:]
-    wanted = None if targets is None else [str(t).strip(".") for t in targets]
 
-    # Which block-relative linear paths exist (for matching and for error messages).
-    available: set[str] = set()
-    for block in blocks:
-        for rel, mod in block.named_modules():
-            if isinstance(mod, _LINEAR + _SWITCH):
-                available.add(rel)
-    resolved = {rel for rel in available if wanted is None or _matches(rel, wanted)}
-
+def _wrapper(rank: int, dropout: float, scale: float, dora: bool):
+    """The function that wraps one linear (or mixture-of-experts) layer in its adapter layer."""
     def wrap(mod):
         if isinstance(mod, _SWITCH):
             if dora:
@@ -148,21 +161,28 @@ def apply_lora(model, *, rank: int = 8, alpha: float = 16.0, dropout: float = 0.
         cls = DoRALinear if dora else LoRALinear
         return cls.from_base(mod, r=rank, dropout=dropout, scale=scale)
 
-    for block in chosen:
-        swaps = [(rel, wrap(mod)) for rel, mod in block.named_modules() if rel in resolved]
-        if swaps:
-            block.update_modules(tree_unflatten(swaps))
+    return wrap
 
-    # Model-level targets outside the blocks ("lm_head").
-    top = []
-    if wanted:
-        prefix = _block_prefix(model) + "."
-        for name, mod in model.named_modules():
-            if (name in wanted and not name.startswith(prefix) and isinstance(mod, _LINEAR)):
-                top.append((name, wrap(mod)))
-        if top:
-            model.update_modules(tree_unflatten(top))
-    matched = resolved | {n for n, _ in top}
+
+def _linear_paths(blocks: list) -> set[str]:
+    """The block-relative paths of every layer LoRA can wrap, over all blocks."""
+    return {rel for block in blocks for rel, mod in block.named_modules() if isinstance(mod, _LINEAR + _SWITCH)}
+
+
+def _wrap_outside_blocks(model, wanted: list[str] | None, wrap) -> list[str]:
+    """Wrap the model-level targets outside the blocks (``lm_head``); returns their paths."""
+    if not wanted:
+        return []
+    prefix = _block_prefix(model) + "."
+    top = [(name, wrap(mod)) for name, mod in model.named_modules()
+           if name in wanted and not name.startswith(prefix) and isinstance(mod, _LINEAR)]
+    if top:
+        model.update_modules(tree_unflatten(top))
+    return [name for name, _ in top]
+
+
+def _check_matched(wanted: list[str] | None, matched: set[str], available: set[str]) -> None:
+    """Every requested target wrapped something, and something was wrapped at all."""
     if wanted is not None:
         unknown = [t for t in wanted if not any(_matches(rel, [t]) for rel in matched)]
         if unknown:
@@ -172,11 +192,6 @@ def apply_lora(model, *, rank: int = 8, alpha: float = 16.0, dropout: float = 0.
             )
     if not matched:
         raise ConfigError("no linear layer to apply LoRA to")
-
-    settings = LoraSettings(rank=rank, alpha=float(alpha), scale=scale, dropout=float(dropout),
-                            targets=tuple(sorted(matched)), num_layers=num_layers, dora=bool(dora))
-    object.__setattr__(model, "_text2sql_lora", settings)
-    return trainable_parameter_count(model)
 
 
 def trainable_parameter_count(model) -> int:

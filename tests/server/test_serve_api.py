@@ -157,6 +157,33 @@ def test_limits_on_question_rows_tokens_and_body(serve, programmed_service, musi
     assert httpx.post(u + "/v1/sql", json={"database": "music", "question": "q"}, timeout=60).status_code == 200
 
 
+def test_checks_run_in_order_key_then_database_or_model_then_limits(serve, programmed_service, music_db):
+    """A request that breaks several rules gets the first one's error: the API key (401), then
+    the database or model it names (404), then each limit (422), so a client fixes the most
+    basic problem first."""
+    s = serve(programmed_service, [music_db], api_key="k3y",
+              limits=Limits(max_question_chars=5, max_sql_chars=5, max_tokens=8, default_max_tokens=8,
+                            max_exec_guided=2))
+    u, key = s.url, {"X-API-Key": "k3y"}
+    model = default_model_id(programmed_service)
+    long_q = {"question": "x" * 6, "max_tokens": 9}
+    cases = [
+        ("/v1/sql", {"database": "nope", **long_q}, {}, 401, "unauthorized"),
+        ("/v1/sql", {"database": "nope", **long_q}, key, 404, "no database 'nope'"),
+        ("/v1/sql", {"database": "music", **long_q}, key, 422, "the question's length is 6"),
+        ("/v1/sql", {"database": "music", "question": "q", "exec_guided": 3}, key, 422, "exec_guided is 3"),
+        ("/v1/execute", {"database": "nope", "sql": "SELECT 12345"}, key, 404, "no database 'nope'"),
+        ("/v1/execute", {"database": "music", "sql": "SELECT 12345"}, key, 422, "the SQL's length is 12"),
+        ("/v1/chat/completions", {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}],
+                                  "max_tokens": 9}, key, 404, "no model 'gpt-4'"),
+        ("/v1/chat/completions", {"model": model, "messages": [{"role": "user", "content": "hi"}],
+                                  "max_tokens": 9}, key, 422, "max_tokens is 9"),
+    ]
+    for path, body, headers, status, message in cases:
+        r = httpx.post(u + path, json=body, headers=headers)
+        assert r.status_code == status and message in r.text, (path, body, r.text)
+
+
 def test_a_full_queue_answers_503_with_retry_after(serve, programmed_service, music_db):
     # A long collection window holds the first two requests in the queue while the third comes.
     s = serve(programmed_service, [music_db], limits=Limits(max_queue=2, batch_window_s=1.5))

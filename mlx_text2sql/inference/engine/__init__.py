@@ -20,13 +20,13 @@ schema, and the SQL copies names and values from the prompt. So:
    (:class:`.rows._Lookup`), and keeps the guesses the model agrees with: several tokens per step
    for the price of one on a memory-bound CPU, with greedy decoding's exact output.
 5. **Decode attention reads each cached key once per key/value head** (:func:`.kernels.decode_attention`):
-   at 16 rows x 450 cached columns attention is half a CPU decode step, and MLX's generic
-   ``scaled_dot_product_attention`` is ~1.4x slower there. Prefill blocks run the backbone over
+   with many rows over a long cached schema, attention is a large part of a CPU decode step,
+   and MLX's generic ``scaled_dot_product_attention`` is slower there. Prefill blocks run the backbone over
    all their columns and project only the last one onto the vocabulary; greedy steps take the
    argmax of the logits without normalising them.
 6. **On MLX's CPU backend, exponentials are computed by NumPy** (:func:`host_attention`,
-   :func:`host_swiglu`): MLX's CPU ``exp`` is scalar, ~25x slower than NumPy's vectorised one,
-   and the attention softmaxes and SwiGLU sigmoids of a prefill are ~half of its time. The
+   :func:`host_swiglu`): MLX's CPU ``exp`` is scalar, many times slower than NumPy's vectorised
+   one, and the attention softmaxes and SwiGLU sigmoids are a large part of a prefill. The
    matrix products stay in MLX; each layer syncs with the host twice. Only while this engine
    generates: mlx_lm's own calls in the same process are untouched.
 

@@ -94,11 +94,11 @@ class SQLGenerator:
     are split into separately prefilled blocks; ``draft_tokens`` is how many prompt-lookup
     guesses greedy decoding verifies per row and step (0: one token per step, the next step
     queued while the host reads the last), and ``draft_budget`` caps the tokens a step feeds
-    (rows x (1 + guesses)): on a CPU a wide step stops being free once the batch is large
-    (measured on SmolLM2-135M: 5 tokens cost 1.7x one token for 1 row, 2.6x for 16 rows);
+    (rows x (1 + guesses)): on a memory-bound CPU extra tokens per row are nearly free for a
+    few rows, but once the batch is large a step's cost grows with the tokens it feeds;
     ``host_math`` computes attention softmaxes and SwiGLU activations with NumPy
     (:func:`host_attention`, :func:`host_swiglu`): None (default) turns it on for MLX's CPU
-    backend, where it makes generation ~1.4x faster, unless ``MLX_TEXT2SQL_NO_HOST_MATH=1``.
+    backend, where it makes generation faster, unless ``MLX_TEXT2SQL_NO_HOST_MATH=1``.
     """
 
     def __init__(self, loaded, *, prefix_cache_mb: float = 512, block_tokens: int = 64,

@@ -25,9 +25,10 @@ def decode_attention(queries: mx.array, keys: mx.array, values: mx.array, scale:
     "causal" (the queries are the last L of the T columns) or a boolean array broadcastable
     to (B, 1, L, T). The query heads that share a key/value head are stacked into one matrix,
     so each cached key and value is read once per step, not once per query head. On MLX's
-    CPU backend this is ~1.4x faster than ``mx.fast.scaled_dot_product_attention`` at 16 rows
-    x 450 cached columns (SmolLM2-135M: 9 query heads over 3 key/value heads), where attention
-    is half of a decode step. Same numbers up to float rounding (softmax in float32)."""
+    CPU backend this beats ``mx.fast.scaled_dot_product_attention`` at batched-decoding shapes
+    (many rows, hundreds of cached columns, several query heads per key/value head), where
+    attention is a large part of a decode step (``benchmarks/cpu_kernels.py`` times both).
+    Same numbers up to float rounding (softmax in float32)."""
     B, H, L, D = queries.shape
     kvh, T = keys.shape[1], keys.shape[2]
     rep = H // kvh
@@ -49,9 +50,9 @@ def decode_attention(queries: mx.array, keys: mx.array, values: mx.array, scale:
 def host_attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float, mask) -> mx.array:
     """:func:`decode_attention` with the softmax (mask, max, exponentials, sums) computed by
     NumPy on the host, for any number of queries. For MLX's CPU backend only: its ``exp`` is
-    scalar (3.8 M exponentials in ~37 ms, NumPy's vectorised one ~1.5 ms), and the softmax of
-    a 324-token prefill is ~1/3 of its time. The score and value products stay in MLX; the
-    scores are evaluated here (a host sync per layer)."""
+    scalar, many times slower than NumPy's vectorised one, and the softmax is a large part of
+    a prefill over a schema (``benchmarks/cpu_kernels.py`` times both). The score and value
+    products stay in MLX; the scores are evaluated here (a host sync per layer)."""
     B, H, L, D = queries.shape
     kvh, T = keys.shape[1], keys.shape[2]
     rep = H // kvh
