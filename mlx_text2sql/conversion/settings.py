@@ -1,4 +1,4 @@
-"""The settings of one conversion, checked (``convert`` builds them from its flags).
+"""The settings of one conversion (the ``convert`` command builds and checks them from its flags).
 
 Pure Python: no MLX import.
 """
@@ -15,7 +15,7 @@ from ..prompts import DEFAULT_SAMPLE_ROWS
 
 @dataclass
 class Settings:
-    """Validated command-line settings."""
+    """One conversion's settings, as ``convert.settings_from_args`` checks them."""
 
     format: str
     input: str | None
