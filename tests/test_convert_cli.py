@@ -176,7 +176,7 @@ def test_failure_while_writing_leaves_previous_files_intact(tmp_path, monkeypatc
             raise OSError("disk full")
         return real_dumps(obj, **kw)
 
-    monkeypatch.setattr(convert_mod.json, "dumps", flaky_dumps)
+    monkeypatch.setattr(json, "dumps", flaky_dumps)
     with pytest.raises(OSError, match="disk full"):
         _main(["wikisql", str(FIX / "wikisql"), "--out", str(out), "--no-progress"])
     monkeypatch.undo()

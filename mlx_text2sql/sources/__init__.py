@@ -2,7 +2,7 @@
 
 Each module offers ``read(input_path, options, problems) -> SourceResult`` for the original
 files and ``read_hf(splits, options, problems) -> SourceResult`` for records loaded through the
-``datasets`` library; :mod:`mlx_text2sql.convert` picks one by format name.
+``datasets`` library; :mod:`mlx_text2sql.conversion` picks one by format name.
 """
 
 from __future__ import annotations

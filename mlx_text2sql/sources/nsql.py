@@ -23,9 +23,11 @@ from typing import Iterable
 from ..example import Column, Table
 from ..prompts import render_schema
 from . import SourceOptions
-from .common import (Problems, SchemaOnlyBuilder, SourceResult, Where, check_type, describe,
-                     require, split_create_statements)
+from .reading import Problems, Where, check_type, describe, require
+from .schema_only import SchemaOnlyBuilder
+from .schema_text import split_create_statements
 from .sql_create_context import hf_splits, read_files, read_schema_only
+from .staging import SourceResult
 
 MARKER = "-- Using valid SQLite, answer the following questions for the tables provided above."
 _MARKER_RE = re.compile(r"^\s*--\s*Using valid SQLite.*$", re.I | re.M)

@@ -24,8 +24,9 @@ from ..errors import ConfigError, InputError
 from ..example import Column, Example, Table
 from ..prompts import quote_ident
 from . import SourceOptions
-from .common import (Problems, SourceResult, Where, check_type, connect_readonly, describe,
-                     is_sqlite_database, iter_records, require)
+from .databases import connect_readonly, is_sqlite_database
+from .reading import Problems, Where, check_type, describe, iter_records, require
+from .staging import SourceResult
 
 # tables.json's column types, for when the database cannot tell the declared type.
 SPIDER_TYPES = {"text": "TEXT", "number": "NUMERIC", "time": "DATETIME", "boolean": "BOOLEAN",

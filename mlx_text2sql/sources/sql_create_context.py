@@ -15,7 +15,9 @@ from typing import Iterable
 
 from ..errors import InputError
 from . import SourceOptions
-from .common import (Problems, SchemaOnlyBuilder, SourceResult, Where, iter_records, require)
+from .reading import Problems, Where, iter_records, require
+from .schema_only import SchemaOnlyBuilder
+from .staging import SourceResult
 
 _WRAPPED = re.compile(r"^\s*\[SQL\]\s*(.*?)\s*\[/SQL\]\s*$", re.S | re.I)
 
