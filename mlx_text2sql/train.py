@@ -63,7 +63,7 @@ def settings(argv: list[str] | None) -> tuple[dict, argparse.Namespace, object |
     Returns (config, parsed args, checkpoint path or None)."""
     from . import config as C
     from .tuner import exec_acc
-    from .tuner.trainer import latest_checkpoint
+    from .tuner.checkpoints import latest_checkpoint
 
     exec_acc.register()  # the metrics best_metric may name are known before validation
     ns = build_parser().parse_args(argv)
@@ -106,7 +106,7 @@ def settings(argv: list[str] | None) -> tuple[dict, argparse.Namespace, object |
 
 @dataclass
 class TrainContext:
-    """What a metric factory (``tuner.trainer.register_metric``) gets to build its metric."""
+    """What a metric factory (``tuner.validation.register_metric``) gets to build its metric."""
 
     loaded: object          # models.load.LoadedModel
     config: dict
@@ -183,37 +183,58 @@ def _main(argv: list[str] | None) -> int:
     cfg, ns, checkpoint = settings(argv)
 
     import mlx.core as mx
-    import yaml
-
-    from . import __version__
-    from .errors import TrainingError
-    from .jsonl import atomic_open
-    from .tuner.callbacks import JsonlLog, ProgressBar, read_log
-    from .tuner.data import Encoder, epoch_batches, load_split
-    from .tuner.lora import apply_lora
-    from .tuner.plot import plot_losses
-    from .training.settings import trainer_kwargs
-    from .tuner.trainer import (METRIC_FACTORIES, TrainArgs, ValLoss, load_checkpoint, make_loss,
-                                make_optimizer, train)
 
     world = mx.distributed.init()
     rank = world.rank()
     say = log if rank == 0 else (lambda _m: None)
     started = time.perf_counter()
 
-    # --- model + adapters
     mx.random.seed(cfg["seed"])
+    lm, dequantized = _load_model(cfg, say)
+    data = _load_data(cfg, lm, say)
+    loss, metrics = _loss_and_metrics(cfg, ns, lm, data, world, say)
+    optimizer, start = _optimizer(cfg, lm, data.total, checkpoint, say)
+    adapter_config = _adapter_config(cfg, lm, dequantized, data)
+    if rank == 0:
+        _write_run_config(Path(cfg["adapter_path"]), adapter_config["train"])
+    result = _run(cfg, ns, lm, optimizer, data, loss, metrics, adapter_config, start, rank)
+    if rank == 0:
+        _report(cfg, result, data, time.perf_counter() - started)
+    return 0
+
+
+@dataclass
+class TrainData:
+    """The run's data: the encoded splits and the length of the run they give."""
+
+    data_dir: Path
+    encoder: object         # tuner.data.Encoder
+    train_set: object       # tuner.data.TokenizedSet
+    val_set: object | None
+    total: int              # optimizer steps of the run (from --iters or --epochs)
+
+
+def _load_model(cfg: dict, say):
+    """The base model with LoRA/DoRA layers on it; returns (LoadedModel, dequantized)."""
+    from mlx.utils import tree_flatten
+
+    from .tuner.lora import apply_lora
+
     lm, dequantized = load_for_training(cfg)
     n_trainable = apply_lora(lm.model, rank=cfg["rank"], alpha=cfg["alpha"], dropout=cfg["dropout"],
                              targets=cfg["targets"], num_layers=cfg["lora_layers"], dora=cfg["dora"])
-    from mlx.utils import tree_flatten
-
     n_total = sum(v.size for k, v in tree_flatten(lm.model.parameters())
                   if not k.endswith(("lora_a", "lora_b", ".m")))
     say(f"[train] {cfg['model']}: {'DoRA' if cfg['dora'] else 'LoRA'} rank {cfg['rank']}, alpha {cfg['alpha']:g} "
         f"-> trainable parameters: {n_trainable:,} ({100 * n_trainable / max(n_total, 1):.3f}% of {n_total:,})")
+    return lm, dequantized
 
-    # --- data
+
+def _load_data(cfg: dict, lm, say) -> TrainData:
+    """Encode train.jsonl (and valid.jsonl where there is one); work out the run's steps."""
+    from .errors import TrainingError
+    from .tuner.data import Encoder, epoch_batches, load_split
+
     data_dir = Path(cfg["data"])
     encoder = Encoder(lm.tokenizer, lm.eos, cfg["max_seq_length"], cfg["train_on_prompt"])
     train_set = load_split(data_dir / "train.jsonl", encoder)
@@ -232,23 +253,35 @@ def _main(argv: list[str] | None) -> int:
     total = cfg["iters"] or max(1, math.ceil(cfg["epochs"] * steps_per_epoch))
     say(f"[train] {total} steps of {cfg['batch_size']} x {cfg['grad_accum']} examples "
         f"({total / steps_per_epoch:.2f} epochs of {steps_per_epoch} steps)")
+    return TrainData(data_dir, encoder, train_set, val_set, total)
 
-    # --- loss and metrics
+
+def _loss_and_metrics(cfg: dict, ns, lm, data: TrainData, world, say):
+    """The training loss and the metrics evaluated during the run (val_loss, best_metric)."""
+    from .tuner.loss import make_loss
+    from .tuner.validation import METRIC_FACTORIES, ValLoss
+
     loss = make_loss(lm.model, fast=ns.fast_ops)
     if not loss.answer_only_head:
         say("[train] this architecture's output head does not split from its body: computing full logits")
     metrics = []
-    if val_set is not None and len(val_set):
-        metrics.append(ValLoss(loss, val_set, cfg["batch_size"], cfg["val_batches"], cfg["train_on_prompt"],
+    if data.val_set is not None and len(data.val_set):
+        metrics.append(ValLoss(loss, data.val_set, cfg["batch_size"], cfg["val_batches"], cfg["train_on_prompt"],
                                world=world, streams=cfg["cpu_streams"]))
-    ctx = TrainContext(loaded=lm, config=cfg, data_dir=data_dir, encoder=encoder)
+    ctx = TrainContext(loaded=lm, config=cfg, data_dir=data.data_dir, encoder=data.encoder)
     if cfg["best_metric"] != "val_loss":
         if cfg["best_metric"] not in METRIC_FACTORIES:
             raise ConfigError(f"best_metric {cfg['best_metric']!r} is not available; known: "
                               f"{', '.join(['val_loss', *METRIC_FACTORIES])}")
         metrics.append(METRIC_FACTORIES[cfg["best_metric"]](ctx))
+    return loss, metrics
 
-    # --- optimizer, resume
+
+def _optimizer(cfg: dict, lm, total: int, checkpoint, say):
+    """The optimizer with its schedule; returns (optimizer, LoopState of the checkpoint or None)."""
+    from .tuner.checkpoints import load_checkpoint
+    from .tuner.schedule import make_optimizer
+
     warmup = cfg["warmup"] if cfg["warmup"] is not None else round(0.05 * total)
     if warmup >= total > 1:
         raise ConfigError(f"warmup ({warmup}) must be shorter than the run ({total} steps)")
@@ -260,47 +293,72 @@ def _main(argv: list[str] | None) -> int:
         say(f"[train] resumed from {checkpoint} at step {start.step} (epoch {start.epoch}, batch {start.position})")
         if start.step >= total:
             say(f"[train] the checkpoint is already at step {start.step} of {total}: raise --iters to train more")
+    return optimizer, start
 
-    adapter_path = Path(cfg["adapter_path"])
-    run_config = {k: v for k, v in cfg.items() if k != "resume"}
-    adapter_config = {
+
+def _adapter_config(cfg: dict, lm, dequantized: bool, data: TrainData) -> dict:
+    """What every adapter_config.json of the run holds besides the LoRA settings: enough to
+    rebuild the model and its prompts, and the run's settings (``train``)."""
+    return {
         "base_model": cfg["model"],
         "chat_template": lm.template if cfg["chat_template"] is None else cfg["chat_template"],
         "dtype": cfg["dtype"],
         "dequantized": dequantized,
         "quantization": lm.quantization,
         "quantize": {"bits": cfg["quantize"], "group_size": cfg["group_size"]} if cfg["quantize"] else None,
-        "prompt": _prompt_settings(cfg, lm, data_dir),
-        "total_steps": total,
-        "train": run_config,
+        "prompt": _prompt_settings(cfg, lm, data.data_dir),
+        "total_steps": data.total,
+        "train": {k: v for k, v in cfg.items() if k != "resume"},
     }
-    if rank == 0:
-        adapter_path.mkdir(parents=True, exist_ok=True)
-        with atomic_open(adapter_path / "train_config.yaml") as f:
-            f.write(f"# effective settings of this run (mlx-text2sql {__version__}); "
-                    f"rerun with: python -m mlx_text2sql.train -c {adapter_path / 'train_config.yaml'}\n")
-            yaml.safe_dump(run_config, f, sort_keys=False)
 
-    args = TrainArgs(**{**trainer_kwargs(cfg), "iters": total, "adapter_path": str(adapter_path),
+
+def _write_run_config(adapter_path: Path, run_config: dict) -> None:
+    """train_config.yaml: the effective settings, to rerun with ``-c``."""
+    import yaml
+
+    from . import __version__
+    from .jsonl import atomic_open
+
+    adapter_path.mkdir(parents=True, exist_ok=True)
+    with atomic_open(adapter_path / "train_config.yaml") as f:
+        f.write(f"# effective settings of this run (mlx-text2sql {__version__}); "
+                f"rerun with: python -m mlx_text2sql.train -c {adapter_path / 'train_config.yaml'}\n")
+        yaml.safe_dump(run_config, f, sort_keys=False)
+
+
+def _run(cfg: dict, ns, lm, optimizer, data: TrainData, loss, metrics, adapter_config: dict, start, rank: int):
+    """The training loop, with the log and the progress bar on rank 0; returns its TrainResult."""
+    from .training.settings import trainer_kwargs
+    from .tuner.callbacks import JsonlLog, ProgressBar
+    from .tuner.trainer import TrainArgs, train
+
+    adapter_path = Path(cfg["adapter_path"])
+    args = TrainArgs(**{**trainer_kwargs(cfg), "iters": data.total, "adapter_path": str(adapter_path),
                         "compile": ns.compile, "fast_ops": ns.fast_ops})
     callbacks = []
     if rank == 0:
         callbacks.append(JsonlLog(adapter_path / "log.jsonl", keep_until=start.step if start else None))
-        callbacks.append(ProgressBar(total, initial=start.step if start else 0, disable=True if ns.quiet else None))
-    result = train(lm.model, optimizer, train_set, args, loss=loss, metrics=metrics, callbacks=callbacks,
-                   adapter_config=adapter_config, start=start)
+        callbacks.append(ProgressBar(data.total, initial=start.step if start else 0,
+                                     disable=True if ns.quiet else None))
+    return train(lm.model, optimizer, data.train_set, args, loss=loss, metrics=metrics, callbacks=callbacks,
+                 adapter_config=adapter_config, start=start)
 
-    if rank != 0:
-        return 0
+
+def _report(cfg: dict, result, data: TrainData, wall: float) -> None:
+    """loss.png (unless --no-plot), summary.txt, and the summary on stdout."""
+    from .jsonl import atomic_open
+    from .tuner.callbacks import read_log
+    from .tuner.plot import plot_losses
+
+    adapter_path = Path(cfg["adapter_path"])
     records = read_log(adapter_path / "log.jsonl")
     if cfg["plot"]:
         plot_losses(records, adapter_path / "loss.png",
-                    title=f"{Path(str(cfg['model'])).name}: LoRA r{cfg['rank']} on {data_dir}")
-    summary = _summary(cfg, result, records, train_set, adapter_path, total, time.perf_counter() - started)
+                    title=f"{Path(str(cfg['model'])).name}: LoRA r{cfg['rank']} on {data.data_dir}")
+    summary = _summary(cfg, result, records, data.train_set, adapter_path, data.total, wall)
     with atomic_open(adapter_path / "summary.txt") as f:
         f.write(summary + "\n")
     print(summary)
-    return 0
 
 
 def _summary(cfg, result, records, train_set, adapter_path: Path, total: int, wall: float) -> str:

@@ -133,17 +133,17 @@ def _resume(v) -> str | None:
 
 
 def _best_metric(v) -> str | None:
-    """val_loss, or a metric registered with ``tuner.trainer.register_metric`` by the time the
-    settings are checked (``train`` loads the trainer first). Without the trainer loaded no
-    metric can be registered yet, so any name passes here and ``train`` checks it again."""
+    """val_loss, or a metric registered with ``tuner.validation.register_metric`` by the time
+    the settings are checked (``train`` registers its metrics first). Without that module loaded
+    no metric can be registered yet, so any name passes here and ``train`` checks it again."""
     import sys
 
     if not isinstance(v, str) or not v:
         return "best_metric must be a metric name such as val_loss"
-    trainer = sys.modules.get("mlx_text2sql.tuner.trainer")
-    if trainer is None or v == "val_loss" or v in trainer.METRIC_FACTORIES:
+    registry = sys.modules.get("mlx_text2sql.tuner.validation")
+    if registry is None or v == "val_loss" or v in registry.METRIC_FACTORIES:
         return None
-    known = ", ".join(["val_loss", *sorted(trainer.METRIC_FACTORIES)])
+    known = ", ".join(["val_loss", *sorted(registry.METRIC_FACTORIES)])
     return f"best_metric {v!r} is not a registered metric; known: {known}"
 
 

@@ -1,6 +1,7 @@
 """Fine-tuning on MLX: LoRA/DoRA/QLoRA adapters (:mod:`.lora`), training data (:mod:`.data`),
-the training loop (:mod:`.trainer`), faster CPU math for it (:mod:`.fastops`), reporting
-(:mod:`.callbacks`) and the loss plot (:mod:`.plot`).
+the training loop (:mod:`.trainer`) and its parts (:mod:`.loss`, :mod:`.step`, :mod:`.schedule`,
+:mod:`.validation`, :mod:`.checkpoints`, :mod:`.runtime`), faster CPU math for it
+(:mod:`.fastops`), reporting (:mod:`.callbacks`) and the loss plot (:mod:`.plot`).
 
 Importing the package imports no MLX, so :mod:`.data` (NumPy and a tokenizer only) can be used
 without it; the LoRA names below load :mod:`.lora`, and MLX with it, when first used.

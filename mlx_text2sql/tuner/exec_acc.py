@@ -74,7 +74,7 @@ class ExecAccuracy:
 
 
 def from_context(ctx) -> ExecAccuracy:
-    """The factory ``train`` calls (``tuner.trainer.register_metric``): a seeded sample of
+    """The factory ``train`` calls (``tuner.validation.register_metric``): a seeded sample of
     ``<data>/valid.jsonl``."""
     from ..errors import ConfigError
 
@@ -97,6 +97,6 @@ def from_context(ctx) -> ExecAccuracy:
 
 
 def register() -> None:
-    from .trainer import register_metric
+    from .validation import register_metric
 
     register_metric("exec_acc", from_context)
