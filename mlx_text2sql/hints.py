@@ -104,8 +104,10 @@ def find_spans(question: str, value: str) -> list[tuple[int, int]]:
 
 def select_hints(candidates: Iterable[Hint], max_hints: int = DEFAULT_MAX_HINTS) -> list[Hint]:
     """Drop matches lying inside a longer match, then keep the first ``max_hints`` in question
-    order (longer matches first at one position, then by table and column name)."""
-    cands = sorted(set(candidates), key=lambda h: (h.start, -(h.end - h.start), h.table, h.column))
+    order (longer matches first at one position, then by table, column and cell, so that cells
+    differing only in case, such as 'Rain' and 'rain', are chosen the same way in every run)."""
+    cands = sorted(set(candidates), key=lambda h: (h.start, -(h.end - h.start), h.table, h.column,
+                                                   type(h.value).__name__, cell_text(h.value)))
     kept: list[Hint] = []
     for h in cands:
         inside = any(o.start <= h.start and h.end <= o.end and (o.end - o.start) > (h.end - h.start)

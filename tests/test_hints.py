@@ -98,6 +98,19 @@ def test_max_hints_keeps_the_first_in_question_order():
     assert len(select_hints(dup)) == 1
 
 
+def test_cells_differing_only_in_case_are_chosen_the_same_way_under_every_hash_seed():
+    """The choice between 'Rain' and 'rain' must not follow set order (PYTHONHASHSEED)."""
+    import subprocess
+
+    code = ("from mlx_text2sql.hints import Hint, select_hints; "
+            "c = [Hint('events', 'kind', v, 4, 8) for v in ('Rain', 'rain', 'RAIN', 'rAin')]; "
+            "print([h.value for h in select_hints(c)])")
+    seen = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**__import__("os").environ, "PYTHONHASHSEED": str(seed)}).stdout
+            for seed in range(6)}
+    assert seen == {"['RAIN']\n"}
+
+
 def test_a_broken_database_gives_no_hints(tmp_path):
     bad = tmp_path / "bad.sqlite"
     bad.write_bytes(b"not a database at all" * 10)
