@@ -74,7 +74,7 @@ def start_server(args, port: int, log_path: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "mlx_text2sql.serve", "--host", "127.0.0.1", "--port", str(port),
            "--db", f"{args.db_name}={args.db}", "--log-level", "warning", "--max-queue", str(4 * args.clients),
            "--max-batch", str(args.clients), "--request-timeout", str(args.request_timeout),
-           "--batch-window-ms", str(args.batch_window_ms)]
+           *(["--batch-window-ms", str(args.batch_window_ms)] if args.batch_window_ms is not None else [])]
     if args.model:
         cmd += ["--model", args.model]
     if args.adapter_path:
@@ -175,8 +175,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-tokens", type=int, default=64, help="reply limit (default 64)")
     p.add_argument("--request-timeout", type=float, default=3600,
                    help="the server's time limit per request (default 3600: a busy machine is measured, not refused)")
-    p.add_argument("--batch-window-ms", type=float, default=5.0,
-                   help="the server's collection window (default 5, as serve's)")
+    p.add_argument("--batch-window-ms", type=float, default=None,
+                   help="the server's collection window (default: serve's)")
     p.add_argument("--out", default=None, help="also write the figures as JSON here")
     args = p.parse_args(argv)
 

@@ -28,7 +28,9 @@ class Limits:
     execute_timeout_s:  time one query may run on a database (its result is a ``timeout`` error).
     max_queue:          requests waiting or decoding at once (503 ``overloaded`` with Retry-After).
     max_batch:          requests decoded together in one engine call.
-    batch_window_s:     how long the worker waits for more requests before starting a batch.
+    batch_window_s:     how long the worker waits for more requests before starting a batch:
+                        long enough that clients arriving together (threads a busy client
+                        starts at once) land in one batch, short beside a reply's decode.
     max_exec_guided:    the most samples execution-guided decoding may draw per request.
     """
 
@@ -43,7 +45,7 @@ class Limits:
     execute_timeout_s: float = 10.0
     max_queue: int = 64
     max_batch: int = 32
-    batch_window_s: float = 0.005
+    batch_window_s: float = 0.03
     max_exec_guided: int = 16
 
     def problems(self) -> list[str]:
