@@ -211,6 +211,21 @@ def test_a_cancelled_row_stops_at_once_and_the_others_are_unchanged(lm_random, b
     assert gen.stats.generated_tokens < sum(r.n_tokens for r in base)
 
 
+@pytest.mark.parametrize("draft_tokens", [0, 4])
+def test_cancelled_rows_left_last_in_the_queue_end_the_call(lm_random, draft_tokens):
+    """Rows cancelled before their turn, when nothing else is decoding (the last prompts, or
+    all of them), end the call instead of leaving the loop with no batch."""
+    prompts = prompts_set()[:3]
+    gen = SQLGenerator(lm_random, draft_tokens=draft_tokens)
+    base = gen.generate(prompts, max_tokens=6, batch_size=1)
+    results = gen.generate(prompts, max_tokens=6, batch_size=1, cancelled=lambda i: i == 2)
+    assert [r.finish_reason for r in results[:2]] == [r.finish_reason for r in base[:2]]
+    assert [r.tokens for r in results[:2]] == [r.tokens for r in base[:2]]
+    assert results[2].finish_reason == "cancelled" and results[2].n_tokens == 0
+    assert [r.finish_reason for r in gen.generate(prompts, max_tokens=6, batch_size=4,
+                                                  cancelled=lambda i: True)] == ["cancelled"] * 3
+
+
 def test_cancelled_questions_are_neither_refined_nor_executed(programmed, tmp_path):
     import sqlite3
 

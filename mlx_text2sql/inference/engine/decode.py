@@ -23,41 +23,30 @@ Finished = Callable[[_Row], None]
 
 
 def admit(gen, active: _Active | None, queue: deque, batch_size: int, sampler,
-          finished: Finished | None = None) -> _Active | None:
+          finished: Finished) -> _Active | None:
     """Prefill queued prompts into the free rows when at least a quarter of the batch is
     free (or nothing is active); returns the new rows as a batch (their first tokens
-    evaluated, not yet read), or None. Queued rows whose caller is gone (``_Row.gone``) are
-    finished as "cancelled" without a prefill."""
-    if finished is not None:
-        drop_cancelled(gen, queue, finished)
+    evaluated, not yet read), or None. A row whose caller is gone (``_Row.gone``) when its
+    turn comes is finished as "cancelled" without a prefill."""
     free = batch_size - (active.size if active else 0)
     if not queue or (active is not None and free < min(max(1, batch_size // 4), len(queue))):
         return None
     t = time.perf_counter()
-    rows = [queue.popleft() for _ in range(min(free, len(queue)))]
-    for row in rows:
+    rows = []
+    while queue and len(rows) < free:
+        row = queue.popleft()
         row.t_start = t
+        if row.gone():
+            row.finish_reason = "cancelled"
+            finish(gen, row, t, finished)
+        else:
+            rows.append(row)
+    if not rows:
+        return None
     new = prefill(gen, rows, sampler)
     mx.eval(new.y)
     gen.stats.prefill_seconds += time.perf_counter() - t
     return new
-
-
-def drop_cancelled(gen, queue: deque, finished: Finished) -> None:
-    """Finish the queued rows nobody waits for any more, keeping the others in order."""
-    if not any(row.cancelled is not None for row in queue):
-        return
-    keep = []
-    now = time.perf_counter()
-    for row in queue:
-        if row.gone():
-            row.t_start = now
-            row.finish_reason = "cancelled"
-            finish(gen, row, now, finished)
-        else:
-            keep.append(row)
-    queue.clear()
-    queue.extend(keep)
 
 
 def finish(gen, row: _Row, now: float, finished: Finished) -> None:
@@ -74,6 +63,8 @@ def decode(gen, queue: deque, sampler, batch_size: int, finished: Finished) -> N
         new = admit(gen, active, queue, batch_size, sampler, finished)
         if new is not None:
             active = new if active is None else active.extend(new)
+        if active is None:  # every row admitted this turn was cancelled
+            continue
 
         t = time.perf_counter()
         # Queue the next step before reading this step's tokens, so the host-side work
