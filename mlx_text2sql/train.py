@@ -379,6 +379,10 @@ def _summary(cfg, result, records, train_set, adapter_path: Path, total: int, wa
         text += "."
     if result.stopped_early:
         text += f" Stopped early: {cfg['early_stop']} evaluations without improvement."
+    if result.stopped_for_time:
+        text += (f" Stopped at step {st.step} of {total} by the {cfg['time_limit']:g}-minute time limit "
+                 f"({st.wall_seconds / 60:.1f} min of training loop; the learning-rate schedule was planned "
+                 f"for {total} steps).")
     text += (f" Final adapter: {adapter_path} (for generate, evaluate and fuse); "
              f"loss curve: {adapter_path / 'loss.png'}.")
     return text

@@ -197,6 +197,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_grad_norm", 1.0, float, "clip the gradient norm (default 1.0; 0 = off)", S, nullable=True,
             minimum=0, minimum_open=True, trainer="max_grad_norm"),
     Setting("seed", 0, int, "seed for LoRA init, dropout and data order (default 0)", S, minimum=0, trainer="seed"),
+    Setting("time_limit", None, float, "stop after MINUTES of training-loop wall time (steps, validation and saves, "
+            "summed over resumes), leaving room for the closing validation: the run ends as at its last step, with "
+            "adapters/best chosen as usual; the learning-rate schedule stays planned for --iters (default: no limit)", S,
+            nullable=True, minimum=0, minimum_open=True, metavar="MINUTES", trainer="time_limit"),
     Setting("cpu_streams", None, int, "split each batch over N parallel CPU streams (default: one per core, at most "
             "4; MLX's elementwise CPU kernels use one core each)", S, nullable=True, minimum=1, metavar="N",
             trainer="streams"),

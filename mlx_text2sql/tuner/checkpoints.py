@@ -32,6 +32,7 @@ class LoopState:
     bad_evals: int = 0       # evaluations since the best one
     tokens: int = 0          # real tokens trained on so far
     seconds: float = 0.0     # training time so far
+    wall_seconds: float = 0.0  # the loop's wall time so far (steps, validation, saves)
 
 
 def checkpoint_dir(adapter_path, step: int) -> Path:

@@ -1,8 +1,10 @@
-"""The optimizer and its learning-rate schedule (warm-up, then constant, cosine or linear)."""
+"""The optimizer, its learning-rate schedule (warm-up, then constant, cosine or linear) and the
+run's wall-clock budget."""
 
 from __future__ import annotations
 
 import math
+import time
 from typing import Callable
 
 import mlx.core as mx
@@ -40,3 +42,33 @@ def lr_schedule(lr: float, *, schedule: str = "constant", warmup: int = 0, total
         return rate
 
     return fn
+
+
+class TimeBudget:
+    """A wall-clock limit on the loop (``time_limit`` minutes; None = none).
+
+    Time spent before a resume (``LoopState.wall_seconds``) counts. The loop asks after each
+    step whether another step and the closing validation still fit; when not, that step is
+    the run's last: validated, saved and reported like the planned last step, so the limit is
+    kept with the evaluation included. The closing validation is estimated by the longest one
+    timed so far (val_loss alone before the first with every metric)."""
+
+    def __init__(self, limit_minutes: float | None, spent_seconds: float = 0.0):
+        self.limit = None if limit_minutes is None else float(limit_minutes) * 60.0
+        self._before = float(spent_seconds)
+        self._tic = time.perf_counter()
+        self.longest_eval = 0.0
+
+    def spent(self) -> float:
+        """Wall seconds of the run so far, earlier invocations included."""
+        return self._before + time.perf_counter() - self._tic
+
+    def timed_eval(self, seconds: float) -> None:
+        self.longest_eval = max(self.longest_eval, seconds)
+
+    def exhausted(self, step_seconds: float) -> bool:
+        """True when one more step of ``step_seconds`` and a closing validation would pass
+        the limit."""
+        if self.limit is None:
+            return False
+        return self.spent() + step_seconds + self.longest_eval > self.limit

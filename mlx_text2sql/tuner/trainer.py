@@ -34,7 +34,7 @@ from .lora import save_adapter
 from .loss import check_packed_loss, make_loss, make_packed_loss, split_head
 from .runtime import (BUFFER_CACHE_BYTES, auto_streams, blas_threads, cap_buffer_cache, cpu_streams,
                       grad_checkpointing, openblas_threads)
-from .schedule import lr_schedule, make_optimizer
+from .schedule import TimeBudget, lr_schedule, make_optimizer
 from .step import BatchFeed, StepStats, TrainStep
 from .validation import METRIC_FACTORIES, BestTracker, Metric, ValLoss, register_metric, run_metrics
 
@@ -68,6 +68,7 @@ class TrainResult:
     final_loss: float | None
     first_loss: float | None
     stopped_early: bool = False
+    stopped_for_time: bool = False  # the time limit ended the run before args.iters
     history: list[dict] = field(default_factory=list)
 
 
@@ -85,11 +86,15 @@ class _Run:
     adapter_config: dict
     rank: int
     blas: int | None                  # OpenBLAS threads for metrics (steps may run one per stream)
+    budget: TimeBudget | None = None
     history: list = field(default_factory=list)
 
     def evaluate(self, initial: bool = False) -> bool:
         """Run the metrics, log them; True when early stopping triggers."""
+        tic = time.perf_counter()
         values = run_metrics(self.model, self.metrics, self.blas, initial=initial)
+        if self.budget is not None:
+            self.budget.timed_eval(time.perf_counter() - tic)
         info = {"type": "eval", "step": self.state.step, **values}
         self.history.append(info)
         self.emit("on_eval", info)
@@ -97,6 +102,8 @@ class _Run:
 
     def save(self) -> None:
         """The adapter (adapter_path/) and a checkpoint (rank 0 only)."""
+        if self.budget is not None:
+            self.state.wall_seconds = self.budget.spent()
         if self.rank == 0:
             path = Path(self.args.adapter_path)
             save_adapter(self.model, path, self.adapter_config)
@@ -145,9 +152,10 @@ def train(model, optimizer, train_set: TokenizedSet, args: TrainArgs, *, loss=No
     state = start or LoopState()
     step = TrainStep(model, optimizer, loss, train_set, args, size, rank)
     feed = BatchFeed(train_set, args, step.groups, len(step.streams), state, size, rank)
-    run = _Run(model, optimizer, args, state, metrics, best, emit, adapter_config, rank, openblas_threads())
+    budget = TimeBudget(args.time_limit, state.wall_seconds)
+    run = _Run(model, optimizer, args, state, metrics, best, emit, adapter_config, rank, openblas_threads(), budget)
     first_loss = last_loss = None
-    stopped_early = False
+    stopped_early = out_of_time = False
     window = ReportWindow()
     model.train()
     with grad_checkpointing(model, args.grad_checkpoint), fast_llama_ops(model, args.fast_ops) as fast, \
@@ -173,6 +181,8 @@ def train(model, optimizer, train_set: TokenizedSet, args: TrainArgs, *, loss=No
                        time.process_time() - cpu_tic)
             emit("on_step", state.step)
             last = state.step == args.iters
+            if not last and _agree(budget.exhausted(dt), world, size):
+                last = out_of_time = True
             if state.step % args.report_every == 0 or last:
                 info = window.report(step=state.step, epoch=feed.epoch, lr=float(optimizer.learning_rate.item()),
                                      grad_norm=stats.grad_norm, trained_tokens=state.tokens,
@@ -186,9 +196,18 @@ def train(model, optimizer, train_set: TokenizedSet, args: TrainArgs, *, loss=No
                 run.save()
             if stop:
                 stopped_early = True
+            if stop or out_of_time:
                 break
     result = TrainResult(state=state, final_loss=last_loss, first_loss=first_loss,
-                         stopped_early=stopped_early, history=run.history)
-    emit("on_end", {"step": state.step, "stopped_early": stopped_early, "best_value": state.best_value,
+                         stopped_early=stopped_early, stopped_for_time=out_of_time, history=run.history)
+    emit("on_end", {"step": state.step, "stopped_early": stopped_early, "stopped_for_time": out_of_time, "best_value": state.best_value,
                     "best_step": state.best_step, "tokens": state.tokens, "seconds": state.seconds})
     return result
+
+
+def _agree(flag: bool, world, size: int) -> bool:
+    """One decision for every process (any one out of time stops them all), so all stop at the
+    same step."""
+    if size == 1:
+        return flag
+    return bool(mx.distributed.all_sum(mx.array(1.0 if flag else 0.0), group=world).item() > 0)
