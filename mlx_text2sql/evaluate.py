@@ -163,6 +163,7 @@ def score_predictions(records, predictions, base_dir, *, timeout_s, label, write
     prediction the guide replaced is scored as replaced, and also records ``pred_sql_greedy``
     and ``match_greedy`` (the greedy query's score); every retried one records ``guided``."""
     from .metrics import _resolve_db, evaluate_prediction
+    from .name_repair import NameFix
 
     results = []
     for i, (rec, pred) in enumerate(zip(records, predictions)):
@@ -181,7 +182,11 @@ def score_predictions(records, predictions, base_dir, *, timeout_s, label, write
             r["guided"] = choice.as_json()
         if fixes:
             r["pred_sql_raw"] = raw
-            r["value_fixes"] = [[f.column, f.old, f.new] for f in fixes]
+            named = [f for f in fixes if isinstance(f, NameFix)]
+            if named:
+                r["name_fixes"] = [[f.kind, f.old, f.new] for f in named]
+            if len(named) < len(fixes):
+                r["value_fixes"] = [[f.column, f.old, f.new] for f in fixes if not isinstance(f, NameFix)]
             r["match_raw"] = evaluate_prediction(rec, raw, base_dir=base_dir, timeout_s=timeout_s)["match"]
         r["question"] = rec.get("question")
         r["model"] = label
@@ -209,8 +214,10 @@ def run_model(records, base_dir, *, load: dict, options: AskOptions, label: str,
     t2s = Text2SQL.load(**load, log=None if quiet else _log_loaded)
     # Scoring repairs (and reports) the greedy queries itself; the API repairs them only for
     # execution-guided decoding, which checks the repaired query.
-    ask = replace(options, execute=False, fix_values=options.fix_values and bool(options.guided_samples))
-    repairer = t2s.repairer if options.fix_values else None
+    ask = replace(options, execute=False, fix_values=options.fix_values and bool(options.guided_samples),
+                  fix_names=options.fix_names and bool(options.guided_samples))
+    repairer = (t2s.repairer.configured(values=options.fix_values, names=options.fix_names)
+                if options.fix_values or options.fix_names else None)
     results: list[dict | None] = [writer.done.get(result_key(r, label)) for r in records]
     todo = [i for i, r in enumerate(results) if r is None]
     if len(todo) < len(records):
@@ -298,8 +305,13 @@ def _report(label: str, summary: dict, speed: dict | None) -> str:
 
     lines = [f"== {label} ==", format_summary(summary)]
     fixed = summary.get("value_repair")
+    named = summary.get("name_repair")
+    if named:
+        lines.append(f"name repair: {named['changed']} predictions had {named['fixes']} unknown table or "
+                     "column names replaced")
     if fixed:
-        lines.append(f"value repair: {fixed['changed']} predictions changed ({fixed['gained']} now match, "
+        what = " and ".join(fixed.get("kinds", ["value"])) + " repair"
+        lines.append(f"{what}: {fixed['changed']} predictions changed ({fixed['gained']} now match, "
                      f"{fixed['lost']} no longer do); execution accuracy without it "
                      f"{100 * fixed['execution_accuracy_raw']:.1f}%")
     guided = summary.get("exec_guided")
@@ -323,8 +335,10 @@ def _report(label: str, summary: dict, speed: dict | None) -> str:
 
 
 def _summarize(results: list[dict], fix_values: bool = False, exec_guided: bool = False,
-               vote: bool = False) -> dict:
-    """:func:`metrics.summarize`, plus what value repair changed (with --fix-values)."""
+               vote: bool = False, fix_names: bool = False) -> dict:
+    """:func:`metrics.summarize`, plus what repair changed (with --fix-values / --fix-names:
+    ``value_repair``, both kinds together, and ``name_repair``, the predictions whose names
+    changed)."""
     from .metrics import summarize
 
     summary = summarize(results)
@@ -333,7 +347,11 @@ def _summarize(results: list[dict], fix_values: bool = False, exec_guided: bool 
     def greedy(r):  # the greedy query's score (before execution-guided decoding)
         return bool(r["match_greedy"] if "match_greedy" in r else r["match"])
 
-    if fix_values:
+    if fix_names:
+        renamed = [r for r in results if "name_fixes" in r]
+        summary["name_repair"] = {"changed": len(renamed),
+                                  "fixes": sum(len(r["name_fixes"]) for r in renamed)}
+    if fix_values or fix_names:
         changed = [r for r in results if "match_raw" in r]
         raw_ok = sum(bool(r["match_raw"] if "match_raw" in r else greedy(r)) for r in scored)
         summary["value_repair"] = {
@@ -341,6 +359,7 @@ def _summarize(results: list[dict], fix_values: bool = False, exec_guided: bool 
             "gained": sum(greedy(r) and not r["match_raw"] for r in changed),
             "lost": sum(bool(r["match_raw"]) and not greedy(r) for r in changed),
             "execution_accuracy_raw": raw_ok / len(scored) if scored else 0.0,
+            "kinds": [k for k, on in (("name", fix_names), ("value", fix_values)) if on],
         }
     if exec_guided:
         retried = [r for r in results if r.get("guided")]
@@ -433,7 +452,7 @@ def _executable(records: list[dict], base_dir: Path) -> list[dict]:
 def _model_runs(records, base_dir, *, load: dict, options: AskOptions, compare_base: bool,
                 writer, quiet: bool) -> list[tuple[str, dict, dict | None]]:
     """(label, summary, speed) of the base model (with ``compare_base``) and of the model."""
-    refined = {"fix_values": options.fix_values, "exec_guided": bool(options.guided_samples),
+    refined = {"fix_values": options.fix_values, "fix_names": options.fix_names, "exec_guided": bool(options.guided_samples),
                "vote": bool(options.vote)}
     runs = []
     if compare_base:

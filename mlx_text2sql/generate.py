@@ -287,8 +287,12 @@ def _ask(t2s, questions: list, options: AskOptions, out: _Out, stream=None):
 
 
 def _notes(out: _Out, answers, wheres: list[str]) -> None:
-    """What value repair and execution-guided decoding changed, on stderr."""
+    """What name and value repair and execution-guided decoding changed, on stderr."""
     for a, w in zip(answers, wheres):
+        for f in a.name_fixes:
+            out.log(f"[generate] {w}name repair: {f['kind']} {f['old']!r} -> {f['new']!r} "
+                    f"(a name of the database{'' if f['kind'] == 'table' else ', table ' + f['table']}, "
+                    f"similarity {f['score']:.2f})")
         for f in a.value_fixes:
             out.log(f"[generate] {w}value repair: {f['column']} = {f['old']!r} -> {f['new']!r} "
                     f"(a cell of {f['table']}, similarity {f['ratio']:.2f})")

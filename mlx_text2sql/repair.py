@@ -130,20 +130,54 @@ def fix_values(sql: str, index: ValueIndex, question: str = "") -> tuple[str, li
 
 
 class Repairer:
-    """:func:`fix_values` over databases opened once each (by path)."""
+    """Name repair (:func:`mlx_text2sql.name_repair.fix_names`) then value repair
+    (:func:`fix_values`) over databases read once each (by path). Names go first: a value is
+    looked up in the column the repaired query names."""
 
     def __init__(self) -> None:
         self._indexes: dict[str, ValueIndex] = {}
+        self._schemas: dict[str, dict[str, list[str]]] = {}
 
-    def fix(self, sql: str, db_path: str | os.PathLike | None, question: str = "") -> tuple[str, list[Fix]]:
+    def fix(self, sql: str, db_path: str | os.PathLike | None, question: str = "", *,
+            values: bool = True, names: bool = False) -> tuple[str, list]:
+        """``(sql, fixes)``: :class:`~mlx_text2sql.name_repair.NameFix` then :class:`Fix` items."""
         if not sql or db_path is None or not Path(db_path).is_file():
             return sql, []
         key = str(Path(db_path).resolve())
-        if key not in self._indexes:
-            self._indexes[key] = ValueIndex(db_path)
-        return fix_values(sql, self._indexes[key], question)
+        fixes: list = []
+        if names:
+            from .name_repair import fix_names, read_schema
+
+            if key not in self._schemas:
+                self._schemas[key] = read_schema(db_path)
+            sql, named = fix_names(sql, self._schemas[key], question)
+            fixes.extend(named)
+        if values:
+            if key not in self._indexes:
+                self._indexes[key] = ValueIndex(db_path)
+            sql, valued = fix_values(sql, self._indexes[key], question)
+            fixes.extend(valued)
+        return sql, fixes
+
+    def configured(self, *, values: bool, names: bool) -> "ConfiguredRepair":
+        """This repairer with its kinds of repair fixed, for callers that call ``fix(sql, db,
+        question)``."""
+        return ConfiguredRepair(self, values, names)
 
     def close(self) -> None:
         for index in self._indexes.values():
             index.close()
         self._indexes.clear()
+        self._schemas.clear()
+
+
+@dataclass(frozen=True)
+class ConfiguredRepair:
+    """A :class:`Repairer` with ``values`` / ``names`` chosen once."""
+
+    repairer: Repairer
+    values: bool
+    names: bool
+
+    def fix(self, sql: str, db_path, question: str = "") -> tuple[str, list]:
+        return self.repairer.fix(sql, db_path, question, values=self.values, names=self.names)

@@ -27,6 +27,8 @@ class AskOptions:
     max_tokens, temp, top_p, seed: generation (temp 0: greedy).
     batch_size:    prompts decoded together.
     fix_values:    value repair of miscopied literals against the database (:mod:`mlx_text2sql.repair`).
+    fix_names:     name repair of tables and columns the database does not have
+                   (:mod:`mlx_text2sql.name_repair`); before value repair when both are on.
     exec_guided:   N: a query that fails on the database (an error, or no rows) is replaced by
                    the result most of N sampled replies agree on (:mod:`mlx_text2sql.guided`); 0: off.
     vote:          N: self-consistency voting on every question: the greedy query and N sampled
@@ -48,6 +50,7 @@ class AskOptions:
     top_p: float = 1.0
     seed: int | None = None
     fix_values: bool = False
+    fix_names: bool = False
     exec_guided: int = 0
     vote: int = 0
     guided_temp: float = 0.7
@@ -178,6 +181,7 @@ class Answer:
     reply:       the raw model reply; ``messages``: the exact chat prompt sent.
     columns, rows, truncated: the result (None without ``execute``).
     value_fixes: value repair's changes, as dicts (table, column, old, new, ratio).
+    name_fixes:  name repair's changes, as dicts (kind "table"/"column", table, old, new, score).
     guided:      execution-guided decoding's verdict when the greedy query was retried
                  (reason, changed, samples, usable, votes), else None.
     execution:   the executor's own result object (not part of :meth:`to_dict`).
@@ -200,6 +204,7 @@ class Answer:
     n_tokens: int = 0
     finish_reason: str = "stop"
     value_fixes: list[dict] = field(default_factory=list)
+    name_fixes: list[dict] = field(default_factory=list)
     guided: dict | None = None
     execution: Any = field(default=None, repr=False, compare=False)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from ..errors import ConfigError, InputError
+from ..name_repair import NameFix
 from .answers import NO_SQL, Answer, AskOptions, Question, QueryResult, Timings, run_query
 from .questions import PromptBuilder
 from .refine import Refiner
@@ -130,8 +131,8 @@ class Predictor:
     def _finish(self, prepared, results, options: AskOptions, guided_progress, guided_announce) -> list[Answer]:
         """Value repair, execution-guided decoding and execution of the greedy replies."""
         greedy = [r.sql or None for r in results]
-        fixed = [self.refiner.repair(s, p.db, p.question.question) if options.fix_values else (s, [])
-                 for s, p in zip(greedy, prepared)]
+        fixed = [self.refiner.repair(s, p.db, p.question.question, values=options.fix_values,
+                                     names=options.fix_names) for s, p in zip(greedy, prepared)]
         sqls = [s for s, _ in fixed]
         choices, guided_s = self._guide(prepared, sqls, options, guided_progress, guided_announce)
         answers = []
@@ -176,7 +177,9 @@ class Predictor:
             messages=p.messages, db=str(p.db) if p.db is not None else None, key=q.key,
             n_prompt_tokens=r.n_prompt_tokens, n_tokens=r.n_tokens, finish_reason=r.finish_reason,
             value_fixes=[{"table": f.table, "column": f.column, "old": f.old, "new": f.new,
-                          "ratio": f.ratio} for f in fixes],
+                          "ratio": f.ratio} for f in fixes if not isinstance(f, NameFix)],
+            name_fixes=[{"kind": f.kind, "table": f.table, "old": f.old, "new": f.new, "score": f.score}
+                        for f in fixes if isinstance(f, NameFix)],
             guided=guided, execution=run.result)
 
     def close(self) -> None:

@@ -17,7 +17,8 @@ from .answers import AskOptions
 
 
 class Refiner:
-    """Value repair (``fix_values``) and execution-guided decoding over one generator."""
+    """Value and name repair (``fix_values``, ``fix_names``) and execution-guided decoding
+    over one generator."""
 
     def __init__(self, gen) -> None:
         self.gen = gen
@@ -33,26 +34,30 @@ class Refiner:
             self._repairer = Repairer()
         return self._repairer
 
-    def repair(self, sql: str | None, db: str | os.PathLike | None, question: str = ""):
-        """``(sql, fixes)``: ``sql`` with miscopied values replaced by the database's cells
-        (:func:`mlx_text2sql.repair.fix_values`); unchanged without SQL or database."""
-        if not sql or db is None:
+    def repair(self, sql: str | None, db: str | os.PathLike | None, question: str = "", *,
+               values: bool = True, names: bool = False):
+        """``(sql, fixes)``: ``sql`` with unknown names replaced by the database's (``names``,
+        :mod:`mlx_text2sql.name_repair`) and miscopied values by its cells (``values``,
+        :func:`mlx_text2sql.repair.fix_values`); unchanged without SQL or database."""
+        if not sql or db is None or not (values or names):
             return sql, []
-        return self.repairer.fix(sql, db, question)
+        return self.repairer.fix(sql, db, question, values=values, names=names)
 
     def guide(self, options: AskOptions) -> ExecutionGuide:
         """The execution guide for the options' sampling settings (``exec_guided`` samples at
         ``guided_temp`` / ``guided_top_p``, the sampling stream starting at ``seed``,
         ``max_tokens`` and ``batch_size`` as for greedy decoding, ``timeout_s`` per check;
-        samples value-repaired with ``fix_values``): one per setting, kept across calls."""
+        samples repaired with ``fix_values`` / ``fix_names``): one per setting, kept across calls."""
         key = (options.guided_samples, options.guided_mode, options.guided_temp, options.guided_top_p, options.seed or 0,
-               options.max_tokens, options.batch_size, options.timeout_s, options.fix_values)
+               options.max_tokens, options.batch_size, options.timeout_s, options.fix_values, options.fix_names)
         if key not in self._guides:
             self._guides[key] = ExecutionGuide(
                 self.gen, samples=options.guided_samples, mode=options.guided_mode,
                 temp=options.guided_temp, top_p=options.guided_top_p,
                 seed=options.seed or 0, max_tokens=options.max_tokens, batch_size=options.batch_size,
-                timeout_s=options.timeout_s, repairer=self.repairer if options.fix_values else None)
+                timeout_s=options.timeout_s,
+                repairer=(self.repairer.configured(values=options.fix_values, names=options.fix_names)
+                          if options.fix_values or options.fix_names else None))
         return self._guides[key]
 
     def refine(self, options: AskOptions, items: Sequence[Item], *,

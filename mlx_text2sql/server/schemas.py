@@ -26,6 +26,7 @@ class SQLRequest(_Strict):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = None
     fix_values: bool = Field(False, description="value repair of miscopied literals")
+    fix_names: bool = Field(False, description="name repair of tables and columns the database does not have")
     exec_guided: int = Field(0, ge=0, description="execution-guided decoding: samples voted on (0: off)")
     select_schema: bool | None = Field(None, description="show only the tables the question is about (None: auto)")
     tables: list[str] | None = Field(None, description="the tables to show ([]: all; default: by select_schema)")

@@ -276,3 +276,19 @@ def test_a_foreign_host_header_is_refused_on_a_loopback_server(serve, programmed
     assert httpx.get(s.url + "/health").status_code == 200
     r = httpx.get(s.url + "/health", headers={"Host": "attacker.example:8000"})
     assert r.status_code == 400 and "attacker.example" in error_of(r)["message"]
+
+
+def test_fix_names_repairs_what_the_model_misnames(serve, music_db, tmp_path):
+    from tinymodels import make_programmed_model
+
+    from mlx_text2sql.api import Text2SQL
+
+    path = make_programmed_model(tmp_path / "misnaming", "SELECT names FROM singer")
+    srv = serve(Text2SQL.load(str(path)), [music_db])
+    ask = {"database": "music", "question": "the names of the singers"}
+    raw = httpx.post(srv.url + "/v1/sql", json=ask, timeout=60).json()
+    assert raw["error_kind"] and "no such column: names" in raw["error"] and raw["rows"] is None
+    fixed = httpx.post(srv.url + "/v1/sql", json={**ask, "fix_names": True}, timeout=60).json()
+    assert fixed["sql_greedy"] == "SELECT names FROM singer"
+    assert fixed["sql"] == 'SELECT "name" FROM singer'
+    assert fixed["error"] is None and fixed["columns"] == ["name"] and len(fixed["rows"]) == 4

@@ -166,6 +166,7 @@ async function ask(event) {
       database, question,
       execute: $("opt-execute").checked,
       fix_values: $("opt-fix").checked,
+      fix_names: $("opt-fix-names").checked,
       exec_guided: parseInt($("opt-guided").value, 10) || 0,
       max_rows: parseInt($("opt-rows").value, 10) || 100,
     });
