@@ -128,19 +128,23 @@ def best_name(predicted: str, candidates: list[tuple[str | None, str]],
     return best, raw
 
 
+def parse_query(sql: str):
+    """``sql`` as a sqlglot tree (SQLite dialect), or None when it does not parse."""
+    import sqlglot
+
+    try:
+        return sqlglot.parse_one(sql, read="sqlite")
+    except Exception:  # noqa: BLE001 - unparseable SQL is left for the executor to report
+        return None
+
+
 def fix_names(sql: str, schema: dict[str, list[str]], question: str = "") -> tuple[str, list[NameFix]]:
     """``sql`` with unknown table and column names replaced by the database's names they most
     plausibly mean, and the fixes made. SQL that does not parse, or names nothing unknown, is
     returned unchanged (character for character)."""
-    import sqlglot
     from sqlglot import exp
 
-    if not schema:
-        return sql, []
-    try:
-        tree = sqlglot.parse_one(sql, read="sqlite")
-    except Exception:  # noqa: BLE001 - unparseable SQL is left for the executor to report
-        return sql, []
+    tree = parse_query(sql) if schema else None
     if tree is None:
         return sql, []
     qwords = set(_words(question))

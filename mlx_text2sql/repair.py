@@ -84,15 +84,12 @@ def fix_values(sql: str, index: ValueIndex, question: str = "") -> tuple[str, li
     the fixes made. A literal the question holds word for word was copied, not miscopied, and
     is kept (the data may spell it differently: 'twickenham, london' vs 'Twickenham , London').
     SQL that does not parse is returned unchanged."""
-    from .hints import find_spans
-
-    import sqlglot
     from sqlglot import exp
 
-    try:
-        tree = sqlglot.parse_one(sql, read="sqlite")
-    except Exception:  # noqa: BLE001 - unparseable SQL is left for the executor to report
-        return sql, []
+    from .hints import find_spans
+    from .name_repair import parse_query
+
+    tree = parse_query(sql)
     if tree is None:
         return sql, []
     tables = _tables_of(tree)

@@ -12,10 +12,10 @@ import pytest
 
 from mlx_text2sql import evaluate
 from mlx_text2sql.name_repair import best_name, fix_names, read_schema, similarity
-from mlx_text2sql.prompts import build_messages
 from mlx_text2sql.repair import Repairer
 
 sys.path.insert(0, str(Path(__file__).parent))
+from evalkit import one_record, scripted_replies  # noqa: E402
 from sqlitefiles import make_sqlite  # noqa: E402
 
 SCHEMA = {
@@ -114,26 +114,13 @@ def test_read_schema_and_the_repairer_order(db, tmp_path):
     r.close()
 
 
-def _replying(monkeypatch, reply):
-    from mlx_text2sql.engine import Result, SQLGenerator
-
-    def replies(self, prompts, **kw):  # the model's part: a query with a name the schema lacks
-        return [Result(text=reply, sql=reply, n_prompt_tokens=1, n_tokens=9, seconds=0.1,
-                       finish_reason="stop") for _ in prompts]
-
-    monkeypatch.setattr(SQLGenerator, "generate", replies)
-
-
 def test_evaluate_fix_names_reports_both_accuracies(db, tiny_llama, tmp_path, capsys, monkeypatch):
     reply = "SELECT singer_name FROM singer WHERE country = 'Netherlands'"
-    _replying(monkeypatch, reply)
+    scripted_replies(monkeypatch, reply)
     schema = 'CREATE TABLE "singer" ("Singer_ID" INTEGER, "Name" TEXT, "Country" TEXT);'
     gold = "SELECT Name FROM singer WHERE Country = 'Netherlands'"
-    q = "What are the names of the singers from the Netherlands?"
-    rec = {"messages": build_messages(q, schema, gold), "question": q, "schema": schema, "sql": gold,
-           "source": "spider", "id": "s0", "db_path": db.name, "db_id": "music"}
-    data = tmp_path / "test.jsonl"
-    data.write_text(json.dumps(rec) + "\n")
+    data = one_record(tmp_path, "What are the names of the singers from the Netherlands?", schema, gold,
+                      source="spider", id="s0", db_path=db.name, db_id="music")
     base = ["--data", str(data), "--model", str(tiny_llama), "--quiet"]
     assert evaluate.main(base) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "execution_accuracy: 0.000"
@@ -152,7 +139,7 @@ def test_evaluate_fix_names_reports_both_accuracies(db, tiny_llama, tmp_path, ca
 def test_generate_fix_names(db, tiny_llama, capsys, monkeypatch):
     from mlx_text2sql import generate
 
-    _replying(monkeypatch, "SELECT singer_name FROM singer")
+    scripted_replies(monkeypatch, "SELECT singer_name FROM singer")
     argv = ["--model", str(tiny_llama), "--db", str(db), "-q", "names of the singers?", "--execute"]
     assert generate.main(argv) == 2  # the raw query fails on the database
     out, err = capsys.readouterr()

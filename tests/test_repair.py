@@ -11,10 +11,10 @@ import pytest
 
 from mlx_text2sql import evaluate
 from mlx_text2sql.hints import ValueIndex
-from mlx_text2sql.prompts import build_messages
 from mlx_text2sql.repair import Repairer, fix_values
 
 sys.path.insert(0, str(Path(__file__).parent))
+from evalkit import one_record, scripted_replies  # noqa: E402
 from sqlitefiles import make_sqlite  # noqa: E402
 
 
@@ -77,22 +77,12 @@ def test_repairer_without_a_database_changes_nothing(tmp_path):
 
 
 def test_evaluate_fix_values_reports_both_accuracies(db, tiny_llama, tmp_path, capsys, monkeypatch):
-    from mlx_text2sql.engine import Result, SQLGenerator
-
     reply = "SELECT Home FROM games WHERE Visitor = 'Montreal Canadien'"
-
-    def replies(self, prompts, **kw):  # the model's part: what a slightly miscopying model says
-        return [Result(text=reply, sql=reply, n_prompt_tokens=1, n_tokens=9, seconds=0.1,
-                       finish_reason="stop") for _ in prompts]
-
-    monkeypatch.setattr(SQLGenerator, "generate", replies)
+    scripted_replies(monkeypatch, reply)  # what a slightly miscopying model says
     schema = 'CREATE TABLE "games" ("Visitor" TEXT, "Home" TEXT, "Date" TEXT, "Score" REAL);'
     gold = "SELECT \"Home\" FROM \"games\" WHERE \"Visitor\" = 'montreal canadiens'"
-    rec = {"messages": build_messages("home team when montreal canadiens visited?", schema, gold),
-           "question": "home team when montreal canadiens visited?", "schema": schema, "sql": gold,
-           "source": "wikisql", "id": "g0", "db_path": db.name, "table": "games"}
-    data = tmp_path / "test.jsonl"
-    data.write_text(json.dumps(rec) + "\n")
+    data = one_record(tmp_path, "home team when montreal canadiens visited?", schema, gold,
+                      source="wikisql", id="g0", db_path=db.name, table="games")
     base = ["--data", str(data), "--model", str(tiny_llama), "--quiet"]
     assert evaluate.main(base) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "execution_accuracy: 0.000"
@@ -108,15 +98,9 @@ def test_evaluate_fix_values_reports_both_accuracies(db, tiny_llama, tmp_path, c
 
 def test_generate_fix_values(db, tiny_llama, tmp_path, capsys, monkeypatch):
     from mlx_text2sql import generate
-    from mlx_text2sql.engine import Result, SQLGenerator
 
     reply = "SELECT Home FROM games WHERE Visitor = 'Montreal Canadien'"
-
-    def replies(self, prompts, **kw):
-        return [Result(text=reply, sql=reply, n_prompt_tokens=1, n_tokens=9, seconds=0.1,
-                       finish_reason="stop") for _ in prompts]
-
-    monkeypatch.setattr(SQLGenerator, "generate", replies)
+    scripted_replies(monkeypatch, reply)
     argv = ["--model", str(tiny_llama), "--db", str(db), "-q", "who hosted montreal?", "--execute"]
     assert generate.main(argv) == 0
     out, err = capsys.readouterr()
