@@ -452,8 +452,8 @@ def _executable(records: list[dict], base_dir: Path) -> list[dict]:
 def _model_runs(records, base_dir, *, load: dict, options: AskOptions, compare_base: bool,
                 writer, quiet: bool) -> list[tuple[str, dict, dict | None]]:
     """(label, summary, speed) of the base model (with ``compare_base``) and of the model."""
-    refined = {"fix_values": options.fix_values, "fix_names": options.fix_names, "exec_guided": bool(options.guided_samples),
-               "vote": bool(options.vote)}
+    refined = {"fix_values": options.fix_values, "fix_names": options.fix_names,
+               "exec_guided": bool(options.guided_samples), "vote": bool(options.vote)}
     runs = []
     if compare_base:
         results, speed = run_model(records, base_dir, load={**load, "adapter_path": None}, options=options,

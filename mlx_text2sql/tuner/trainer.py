@@ -200,8 +200,9 @@ def train(model, optimizer, train_set: TokenizedSet, args: TrainArgs, *, loss=No
                 break
     result = TrainResult(state=state, final_loss=last_loss, first_loss=first_loss,
                          stopped_early=stopped_early, stopped_for_time=out_of_time, history=run.history)
-    emit("on_end", {"step": state.step, "stopped_early": stopped_early, "stopped_for_time": out_of_time, "best_value": state.best_value,
-                    "best_step": state.best_step, "tokens": state.tokens, "seconds": state.seconds})
+    emit("on_end", {"step": state.step, "stopped_early": stopped_early, "stopped_for_time": out_of_time,
+                    "best_value": state.best_value, "best_step": state.best_step, "tokens": state.tokens,
+                    "seconds": state.seconds})
     return result
 
 
