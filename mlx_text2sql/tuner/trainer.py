@@ -86,15 +86,14 @@ class _Run:
     adapter_config: dict
     rank: int
     blas: int | None                  # OpenBLAS threads for metrics (steps may run one per stream)
-    budget: TimeBudget | None = None
+    budget: TimeBudget
     history: list = field(default_factory=list)
 
     def evaluate(self, initial: bool = False) -> bool:
         """Run the metrics, log them; True when early stopping triggers."""
         tic = time.perf_counter()
         values = run_metrics(self.model, self.metrics, self.blas, initial=initial)
-        if self.budget is not None:
-            self.budget.timed_eval(time.perf_counter() - tic)
+        self.budget.timed_eval(time.perf_counter() - tic)
         info = {"type": "eval", "step": self.state.step, **values}
         self.history.append(info)
         self.emit("on_eval", info)
@@ -102,8 +101,7 @@ class _Run:
 
     def save(self) -> None:
         """The adapter (adapter_path/) and a checkpoint (rank 0 only)."""
-        if self.budget is not None:
-            self.state.wall_seconds = self.budget.spent()
+        self.state.wall_seconds = self.budget.spent()
         if self.rank == 0:
             path = Path(self.args.adapter_path)
             save_adapter(self.model, path, self.adapter_config)
