@@ -22,6 +22,8 @@ Ours runs twice: as configured by default (questions on one schema in a batch sh
 their prompt prefix) and with ``--no-share-prefix`` (every prompt run whole), so the lever shows.
 Effective tokens count every example whole, as if it ran alone, for every trainer: a shared
 prefix computed once counts for each question that uses it, padding counts for none.
+``--grad-checkpoint`` turns on gradient checkpointing in ours and in mlx_lm (PEFT runs without):
+slower steps, flat memory on long prompts.
 ``--peft-python`` runs benchmarks/peers/peft_train.py (PyTorch + PEFT, an HF-Trainer-style loop
 on the same tokenized examples, same batch size, rank, alpha and learning rate) with that
 interpreter (a venv with torch and peft; ``bash benchmarks/setup_peers.sh`` makes one).
@@ -87,6 +89,8 @@ def parse_args(argv=None):
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--alpha", type=float, default=16.0)
     p.add_argument("--lora-layers", type=int, default=None, help="last N blocks (default: all)")
+    p.add_argument("--grad-checkpoint", action="store_true",
+                   help="gradient checkpointing in every trainer that has it (ours and mlx_lm)")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--max-seq-length", type=int, default=1024)
     p.add_argument("--train-on-prompt", action="store_true",
@@ -137,6 +141,8 @@ def ours(args, folder: Path, out: Path, train_on_prompt: bool, share_prefix: boo
            "--no-plot", "--quiet", "-o", str(out)]
     if args.lora_layers:
         cmd += ["--lora-layers", str(args.lora_layers)]
+    if args.grad_checkpoint:
+        cmd.append("--grad-checkpoint")
     if train_on_prompt:
         cmd.append("--train-on-prompt")
     if not share_prefix:
@@ -159,6 +165,7 @@ def ours(args, folder: Path, out: Path, train_on_prompt: bool, share_prefix: boo
         "tokens_per_second": sum(toks) / sum(secs),
         "tokens_per_cpu_second": sum(toks) / sum(step_cpu),
         "seconds_per_step": sum(secs) / (args.report_every * len(secs)),
+        "window_tokens_per_second": [t / s for t, s in zip(toks, secs)],
         "peak_memory_gb": max(r["peak_memory_gb"] for r in reports),
         "process_wall_s": wall, "process_cpu_s": cpu,
     }
@@ -177,6 +184,8 @@ def mlx_lm(args, folder: Path, out: Path) -> dict:
            "--max-seq-length", str(args.max_seq_length), "--steps-per-report", str(args.report_every),
            "--steps-per-eval", "1000000", "--val-batches", "1", "--save-every", "1000000",
            "--adapter-path", str(out / "adapters"), "-c", str(cfg)]
+    if args.grad_checkpoint:
+        cmd.append("--grad-checkpoint")
     env = dict(os.environ)
     lib = find_openblas()
     if lib:
@@ -196,6 +205,7 @@ def mlx_lm(args, folder: Path, out: Path) -> dict:
         "tokens_per_second": sum(toks) / sum(secs),
         "tokens_per_cpu_second": sum(toks) / sum(r["cpu_seconds"] for r in steady),
         "seconds_per_step": sum(secs) / (args.report_every * len(secs)),
+        "window_tokens_per_second": [r["tokens_per_second"] for r in steady],
         "peak_memory_gb": max(r["peak_memory"] for r in reports),
         "process_wall_s": wall, "process_cpu_s": cpu,
     }
@@ -256,6 +266,12 @@ def main(argv=None) -> int:
               f"{r['tokens_per_cpu_second']:9.1f}  "
               f"{r['seconds_per_step']:7.2f}  {r['peak_memory_gb']:7.2f}  "
               f"{r['process_wall_s']:8.1f}/{r['process_cpu_s']:.1f}")
+    print("\neffective tokens/s per report window after the first (min / median / max):")
+    for r in rows:
+        w = sorted(r.get("window_tokens_per_second") or [])
+        if w:
+            print(f"  {r['name']:<{width}}  {w[0]:7.1f} / {w[len(w) // 2]:7.1f} / {w[-1]:7.1f}  "
+                  f"({len(w)} windows: {', '.join(f'{x:.0f}' for x in r['window_tokens_per_second'])})")
     base = next((r for r in rows if r["name"] == "mlx_lm lora"), None)
     peer = next((r for r in rows if r["name"].startswith("PyTorch")), None)
     for r in rows:
