@@ -8,7 +8,9 @@ Prints a summary table (execution accuracy, exact match, valid-SQL rate, by sour
 hardness, queries/s, latency) and ends with the machine-readable line
 ``execution_accuracy: 0.xxx``. ``--output`` keeps one JSON line per example (question, gold,
 predicted, raw reply, error, match) so the failures can be read; it is written as the run goes,
-so an interrupted run keeps what it finished.
+so an interrupted run keeps what it finished. ``--replies`` scores the replies such a file holds
+again, without a model: the same replies under other repair options, or after a change to the
+repairs or the metric.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ EPILOG = """examples:
   # a model from the Hub on 200 converted WikiSQL examples, failures kept for reading
   python -m mlx_text2sql.evaluate --model mlx-community/TinyLlama-1.1B-Chat-v1.0-4bit \\
       --data wikisql/test.jsonl --limit 200 --output predictions.jsonl
+  # the same replies scored again with name and value repair (no model is loaded)
+  python -m mlx_text2sql.evaluate --data wikisql/test.jsonl --limit 200 \\
+      --replies predictions.jsonl --fix-names --fix-values
 """
 
 
@@ -46,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score the gold SQL against itself instead of a model")
     p.add_argument("--compare-base", action="store_true",
                    help="also score the base model without the adapter, in the same run")
+    p.add_argument("--replies", default=None, metavar="FILE",
+                   help="score the model replies an earlier run wrote to FILE (its --output) instead of "
+                        "generating: each record's reply is found by id and question; with the repair "
+                        "options, the replies are repaired as a model run would repair them (no model "
+                        "is loaded)")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N records")
     p.add_argument("--executable-only", action="store_true",
                    help="leave out records whose SQLite file is missing (they cannot be scored by "
@@ -154,7 +164,7 @@ class _Writer:
 
 
 def score_predictions(records, predictions, base_dir, *, timeout_s, label, writer, replies=None,
-                      latencies=None, repairer=None, choices=None):
+                      latencies=None, repairer=None, choices=None, progress=None):
     """Evaluate ``predictions[i]`` (SQL text) against ``records[i]``; returns per-example dicts.
 
     With a :class:`~mlx_text2sql.repair.Repairer`, each prediction is value-repaired first; a
@@ -196,6 +206,8 @@ def score_predictions(records, predictions, base_dir, *, timeout_s, label, write
             r["latency_s"] = latencies[i]
         results.append(r)
         writer.write(r)
+        if progress is not None:
+            progress(1)
     return results
 
 
@@ -394,6 +406,15 @@ def _validate(args) -> None:
         problems.append(f"{'--exec-guided' if args.exec_guided else '--vote'} needs a model: drop --gold")
     if args.gold and (args.compare_base or args.adapter_path):
         problems.append("--gold scores the data itself: drop --adapter-path / --compare-base")
+    if args.replies is not None:
+        if args.gold:
+            problems.append("give --gold or --replies, not both")
+        for flag, on in (("--compare-base", args.compare_base), ("--exec-guided", args.exec_guided),
+                         ("--vote", args.vote), ("--resume", args.resume)):
+            if on:
+                problems.append(f"{flag} needs a model run: --replies scores saved replies")
+        if not Path(args.replies).is_file():
+            problems.append(f"--replies {args.replies}: file not found")
     if args.compare_base and not args.adapter_path:
         problems.append("--compare-base needs --adapter-path")
     if args.adapter_path and not Path(args.adapter_path).is_dir():
@@ -466,9 +487,59 @@ def _model_runs(records, base_dir, *, load: dict, options: AskOptions, compare_b
     return runs
 
 
+def saved_replies(path: Path, records: list[dict]) -> tuple[str, list[str]]:
+    """The model label and each record's reply in ``path`` (an evaluate ``--output`` file),
+    matched by id and question. A file that holds results of two models (``--compare-base``)
+    gives the adapter's. Raises :class:`InputError` naming the first record without one."""
+    from .jsonl import iter_jsonl
+
+    by_label: dict[str, dict[str, str]] = {}
+    for _, r in iter_jsonl(path, strict=False, problems=[]):
+        if isinstance(r.get("reply"), str) and isinstance(r.get("model"), str):
+            by_label.setdefault(r["model"], {})[result_key(r, "")] = r["reply"]
+    if not by_label:
+        raise InputError("holds no results with a model reply (write it with evaluate --output)", str(path))
+    label = next((k for k in ("adapter", "model") if k in by_label), next(iter(by_label)))
+    replies = by_label[label]
+    out = []
+    for rec in records:
+        reply = replies.get(result_key(rec, ""))
+        if reply is None:
+            missing = sum(result_key(r, "") not in replies for r in records)
+            raise InputError(f"has no {label} reply for record {rec.get('id')!r} ({missing} of "
+                             f"{len(records)} records have none): was it written for this data?", str(path))
+        out.append(reply)
+    return label, out
+
+
+def _rescore(records, base_dir, args, writer) -> tuple[str, dict, None]:
+    """(label, summary, None) of the replies saved in ``args.replies``, extracted, repaired and
+    scored as :func:`run_model` scores a model's."""
+    from .prompts import extract_sql
+    from .repair import Repairer
+
+    label, replies = saved_replies(Path(args.replies), records)
+    print(f"scoring the {label} replies saved in {args.replies}", file=sys.stderr)
+    repairer = (Repairer().configured(values=args.fix_values, names=args.fix_names)
+                if args.fix_values or args.fix_names else None)
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(records), desc=f"{label}: scoring saved replies", unit="q", disable=args.quiet,
+               file=sys.stderr)
+    try:
+        results = score_predictions(records, [extract_sql(r) for r in replies], base_dir,
+                                    timeout_s=args.timeout, label=label, writer=writer,
+                                    replies=replies, repairer=repairer, progress=bar.update)
+    finally:
+        bar.close()
+        if repairer is not None:
+            repairer.repairer.close()
+    return label, _summarize(results, fix_values=args.fix_values, fix_names=args.fix_names), None
+
+
 def _main(args) -> int:
     _validate(args)
-    if not args.gold:
+    if not args.gold and args.replies is None:
         from .blas import ensure_fast_blas
 
         ensure_fast_blas()
@@ -489,6 +560,8 @@ def _main(args) -> int:
             results = score_predictions(records, [r["sql"] for r in records], base_dir,
                                         timeout_s=args.timeout, label="gold", writer=writer)
             runs = [("gold", summarize(results), None)]
+        elif args.replies is not None:
+            runs = [_rescore(records, base_dir, args, writer)]
         else:
             runs = _model_runs(records, base_dir, load=opts.load_kwargs(args),
                                options=opts.ask_options(args, execute=False), compare_base=args.compare_base,
