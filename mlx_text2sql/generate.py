@@ -290,9 +290,12 @@ def _notes(out: _Out, answers, wheres: list[str]) -> None:
     """What name and value repair and execution-guided decoding changed, on stderr."""
     for a, w in zip(answers, wheres):
         for f in a.name_fixes:
-            out.log(f"[generate] {w}name repair: {f['kind']} {f['old']!r} -> {f['new']!r} "
-                    f"(a name of the database{'' if f['kind'] == 'table' else ', table ' + f['table']}, "
-                    f"similarity {f['score']:.2f})")
+            why = {"join": f"table {f['table']} joined on its foreign key",
+                   "key": f"the foreign key that links table {f['table']}",
+                   "qualifier": f"the column of table {f['table']} in this SELECT"}.get(
+                f["kind"], f"a name of the database{'' if f['kind'] == 'table' else ', table ' + f['table']}, "
+                           f"similarity {f['score']:.2f}")
+            out.log(f"[generate] {w}name repair: {f['kind']} {f['old']!r} -> {f['new']!r} ({why})")
         for f in a.value_fixes:
             out.log(f"[generate] {w}value repair: {f['column']} = {f['old']!r} -> {f['new']!r} "
                     f"(a cell of {f['table']}, similarity {f['ratio']:.2f})")

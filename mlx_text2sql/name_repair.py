@@ -18,6 +18,27 @@ the database's own names, the way schema-linking systems do, and rewrites only t
   second by ``MARGIN``; names the database has (as SQLite compares them, case-folded), output
   aliases (``AS total``), ``*`` and names of unknown tables' columns are left alone.
 
+Two repairs mend a column that exists, but not where the query looks for it:
+
+- **qualifier**: ``T2.total`` where T2's table has no ``total`` but exactly one other table of
+  the same SELECT has it becomes ``T1.total`` (before any similarity is tried);
+- **join**: a column no table of its SELECT has, whose exact name exists in exactly one other
+  table that one foreign key links to a table of the SELECT, gets that table joined on that key
+  (``SELECT title FROM albums WHERE name = ...`` with ``albums.artist_id -> artists.id`` and only
+  ``artists`` holding ``name``: ``... JOIN artists AS T2 ON albums.artist_id = T2.id WHERE
+  T2.name = ...``); the SELECT's unqualified columns that the new table also has are qualified
+  with their own table, so none becomes ambiguous. A SELECT with an unqualified ``*`` is left
+  alone (the join would change its columns). The keys are the database's declared foreign keys.
+
+Neither touches a column in a join's ON clause: there a qualifier that looks wrong is usually a
+misspelt key of the right table (``T2.invoice_id`` for ``T2.id``), which similarity mends, and
+moving it would compare a column with itself. A third repair mends the ON clause itself:
+
+- **key**: ``JOIN t AS T2 ON a = b`` where ``a`` or ``b`` is still a column its table lacks
+  (after the repairs above) is joined instead on the one declared foreign key that links ``t``
+  to a table joined before it (``ON T1.class_section = T2.class_section`` -> ``ON T1.CRS_CODE =
+  T2.CRS_CODE``).
+
 Never consults a gold query: the database and the question are all it reads. Opt-in
 (``--fix-names`` in generate and evaluate). Pure Python (sqlglot, sqlite3); no MLX import.
 """
@@ -39,7 +60,8 @@ _WORD = re.compile(r"[a-z0-9]+")
 
 @dataclass(frozen=True)
 class NameFix:
-    kind: str      # "table" or "column"
+    kind: str      # "table", "column" (renamed), "qualifier" (re-qualified), "join" (its table
+                   # joined) or "key" (a join's ON condition replaced by the foreign key)
     table: str     # the table the new name belongs to
     old: str
     new: str
@@ -62,6 +84,45 @@ def read_schema(db_path: str | Path) -> dict[str, list[str]]:
         return {t: [r[1] for r in conn.execute(f"PRAGMA table_info({quote_ident(t)})")] for t in names}
     except sqlite3.Error:
         return {}
+    finally:
+        conn.close()
+
+
+def read_foreign_keys(db_path: str | Path) -> list[tuple[str, str, str, str]]:
+    """The declared foreign keys of a SQLite file as ``(table, column, referenced table,
+    referenced column)``, names as the tables spell them; a key that names no column of the
+    referenced table refers to its primary key. Empty when the file cannot be read."""
+    from .sources.common import connect_readonly
+
+    from .prompts import quote_ident
+
+    try:
+        conn = connect_readonly(Path(db_path))
+    except sqlite3.Error:
+        return []
+    try:
+        tables = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+        by_fold = {t.casefold(): t for t in tables}
+        info = {t: conn.execute(f"PRAGMA table_info({quote_ident(t)})").fetchall() for t in tables}
+        cols = {t: {r[1].casefold(): r[1] for r in rows} for t, rows in info.items()}
+        keys = []
+        for t in tables:
+            for row in conn.execute(f"PRAGMA foreign_key_list({quote_ident(t)})"):
+                ref, frm, to = by_fold.get(str(row[2]).casefold()), row[3], row[4]
+                if ref is None or frm is None or frm.casefold() not in cols[t]:
+                    continue
+                if to is None:  # REFERENCES table: its primary key
+                    pk = [r[1] for r in info[ref] if r[5]]
+                    if len(pk) != 1:
+                        continue
+                    to = pk[0]
+                if to.casefold() not in cols[ref]:
+                    continue
+                keys.append((t, cols[t][frm.casefold()], ref, cols[ref][to.casefold()]))
+        return list(dict.fromkeys(keys))
+    except sqlite3.Error:
+        return []
     finally:
         conn.close()
 
@@ -138,9 +199,11 @@ def parse_query(sql: str):
         return None
 
 
-def fix_names(sql: str, schema: dict[str, list[str]], question: str = "") -> tuple[str, list[NameFix]]:
+def fix_names(sql: str, schema: dict[str, list[str]], question: str = "",
+              foreign_keys: list[tuple[str, str, str, str]] | tuple = ()) -> tuple[str, list[NameFix]]:
     """``sql`` with unknown table and column names replaced by the database's names they most
-    plausibly mean, and the fixes made. SQL that does not parse, or names nothing unknown, is
+    plausibly mean, columns re-qualified or their table joined on a foreign key (module
+    docstring), and the fixes made. SQL that does not parse, or names nothing unknown, is
     returned unchanged (character for character)."""
     from sqlglot import exp
 
@@ -173,8 +236,12 @@ def fix_names(sql: str, schema: dict[str, list[str]], question: str = "") -> tup
             owner[t.alias.casefold()] = real
     read = list(dict.fromkeys(owner.values()))
     outputs = {a.alias.casefold() for a in tree.find_all(exp.Alias) if a.alias}
+    grounding = _Grounding(tree, schema, by_fold, cols_of, foreign_keys)
 
-    for col in tree.find_all(exp.Column):
+    def in_join(col) -> bool:  # a join's ON clause keeps its qualifiers: T1.id = T2.id
+        return col.find_ancestor(exp.Join) is not None
+
+    for col in list(tree.find_all(exp.Column)):
         if isinstance(col.this, exp.Star) or not col.name:
             continue
         name = col.name
@@ -182,15 +249,22 @@ def fix_names(sql: str, schema: dict[str, list[str]], question: str = "") -> tup
             table = owner.get(col.table.casefold())
             if table is None or name.casefold() in cols_of[table]:
                 continue
+            fix = grounding.requalify(col) if not in_join(col) else None
+            if fix is not None:
+                fixes.append(fix)
+                continue
             candidates = [(table, c) for c in schema[table]]
         else:
             if name.casefold() in outputs or any(name.casefold() in cols_of[t] for t in read):
                 continue
             candidates = [(t, c) for t in read for c in schema[t]]
-        if not candidates:
-            continue
-        found, score = best_name(name, candidates, qwords)
+        found, score = best_name(name, candidates, qwords) if candidates else (None, 0.0)
         if found is None:
+            fix = grounding.join(col) if not in_join(col) else None
+            if fix is not None:
+                fixes.append(fix)
+                owner[fix.table.casefold()] = fix.table
+                read = list(dict.fromkeys([*read, fix.table]))
             continue
         new = found[1]
         owners = {t for t, c in candidates if c == new}
@@ -199,6 +273,155 @@ def fix_names(sql: str, schema: dict[str, list[str]], question: str = "") -> tup
         col.set("this", exp.to_identifier(new, quoted=True))
         fixes.append(NameFix("column", next(iter(owners)), name, new, score))
 
+    for join in list(tree.find_all(exp.Join)):
+        fix = grounding.rekey(join)
+        if fix is not None:
+            fixes.append(fix)
+
     if not fixes:
         return sql, []
     return tree.sql(dialect="sqlite"), fixes
+
+
+class _Grounding:
+    """The qualifier and join repairs of :func:`fix_names` over one parsed query."""
+
+    def __init__(self, tree, schema, by_fold, cols_of, foreign_keys):
+        self.tree, self.schema, self.by_fold, self.cols_of = tree, schema, by_fold, cols_of
+        self.keys = [k for k in foreign_keys if k[0] in schema and k[2] in schema]
+
+    def _scope(self, col):
+        """The SELECT that reads ``col`` and its tables as ``[(qualifier, database table)]``
+        (the alias, else the name as written); None outside a plain SELECT."""
+        from sqlglot import exp
+
+        select = col.find_ancestor(exp.Select)
+        source = None if select is None else select.args.get("from_") or select.args.get("from")
+        if source is None:  # ("from_" in sqlglot >= 28, "from" before)
+            return None, []
+        nodes = [source.this] + [j.this for j in select.args.get("joins") or []]
+        tables = []
+        for t in nodes:
+            real = self.by_fold.get(t.name.casefold()) if isinstance(t, exp.Table) else None
+            if real is not None:
+                tables.append((t.alias or t.name, real))
+        return select, tables
+
+    def _known(self, col, tables) -> bool:
+        """Whether ``col`` names a column of its qualifier's table (unqualified: of any of
+        ``tables``)."""
+        name = col.name.casefold()
+        if col.table:
+            real = next((r for q, r in tables if q.casefold() == col.table.casefold()), None)
+            return real is not None and name in self.cols_of[real]
+        return any(name in self.cols_of[r] for _, r in tables)
+
+    def rekey(self, join) -> NameFix | None:
+        """A join whose ``ON a = b`` names a column its table lacks, joined instead on the one
+        foreign key that links its table to a table joined before it."""
+        from sqlglot import exp
+
+        on = join.args.get("on")
+        table = join.this
+        if not (isinstance(on, exp.EQ) and isinstance(on.this, exp.Column)
+                and isinstance(on.expression, exp.Column) and isinstance(table, exp.Table)):
+            return None
+        select, tables = self._scope(on.this)
+        if select is None or not any(j is join for j in select.args.get("joins") or []):
+            return None
+        mine = (table.alias or table.name, self.by_fold.get(table.name.casefold()))
+        if mine[1] is None:
+            return None
+        before = tables[:[i for i, (q, r) in enumerate(tables) if q == mine[0]][0]]
+        if all(self._known(c, tables) for c in (on.this, on.expression)):
+            return None
+        links = []
+        for q, real in before:
+            for a, ac, b, bc in self.keys:
+                if a == real and b == mine[1]:
+                    links.append((q, ac, bc))
+                elif a == mine[1] and b == real:
+                    links.append((q, bc, ac))
+        links = list(dict.fromkeys(links))
+        if len(links) != 1:
+            return None
+        q, their_col, my_col = links[0]
+        old = on.sql(dialect="sqlite")
+        new = exp.EQ(this=exp.Column(this=exp.to_identifier(their_col, quoted=True), table=exp.to_identifier(q)),
+                     expression=exp.Column(this=exp.to_identifier(my_col, quoted=True),
+                                           table=exp.to_identifier(mine[0])))
+        join.set("on", new)
+        return NameFix("key", mine[1], old, new.sql(dialect="sqlite"), 1.0)
+
+    def requalify(self, col) -> NameFix | None:
+        """``col`` (qualified, its table lacks it) qualified by the one other table of its
+        SELECT that has it."""
+        from sqlglot import exp
+
+        _, tables = self._scope(col)
+        name = col.name.casefold()
+        holders = {q for q, real in tables if name in self.cols_of[real]
+                   and q.casefold() != col.table.casefold()}
+        if len(holders) != 1:
+            return None
+        q = holders.pop()
+        real = next(r for qq, r in tables if qq == q)
+        old = f"{col.table}.{col.name}"
+        col.set("table", exp.to_identifier(q))
+        return NameFix("qualifier", real, old, f"{q}.{col.name}", 1.0)
+
+    def join(self, col) -> NameFix | None:
+        """``col``'s table joined to its SELECT on the one foreign key that links it there,
+        when exactly one table outside the SELECT has ``col``'s name."""
+        from sqlglot import exp
+
+        select, tables = self._scope(col)
+        if select is None or not tables or any(
+                isinstance(e, exp.Star) or (isinstance(e, exp.Column) and isinstance(e.this, exp.Star)
+                                            and not e.table)
+                for e in select.expressions):
+            return None
+        name = col.name.casefold()
+        inside = {real for _, real in tables}
+        if any(name in self.cols_of[real] for real in inside):
+            return None
+        holders = [t for t in self.schema if t not in inside and name in self.cols_of[t]]
+        links = []
+        for u in holders:
+            for q, real in tables:
+                for a, ac, b, bc in self.keys:
+                    if a == real and b == u:
+                        links.append((u, q, ac, bc))
+                    elif a == u and b == real:
+                        links.append((u, q, bc, ac))
+        links = list(dict.fromkeys(links))
+        if len(links) != 1:
+            return None
+        u, q, own_col, new_col = links[0]
+        aliased = any(qq.casefold() != real.casefold() for qq, real in tables)
+        taken = {t.alias.casefold() for t in self.tree.find_all(exp.Table) if t.alias}
+        taken |= {t.name.casefold() for t in self.tree.find_all(exp.Table)}
+        alias = None
+        if aliased:
+            alias = next(f"T{i}" for i in range(1, 100) if f"t{i}" not in taken)
+        new_q = alias or u
+        # Unqualified columns of this SELECT that the new table also has keep their table.
+        for other in select.find_all(exp.Column):
+            if other is col or other.table or other.find_ancestor(exp.Select) is not select:
+                continue
+            n = other.name.casefold()
+            if isinstance(other.this, exp.Star) or n not in self.cols_of[u]:
+                continue
+            mine = [qq for qq, real in tables if n in self.cols_of[real]]
+            if len(mine) == 1:
+                other.set("table", exp.to_identifier(mine[0]))
+        table = exp.Table(this=exp.to_identifier(u, quoted=True))
+        if alias:
+            table.set("alias", exp.TableAlias(this=exp.to_identifier(alias)))
+        on = exp.EQ(this=exp.Column(this=exp.to_identifier(own_col, quoted=True), table=exp.to_identifier(q)),
+                    expression=exp.Column(this=exp.to_identifier(new_col, quoted=True),
+                                          table=exp.to_identifier(new_q, quoted=not alias)))
+        select.append("joins", exp.Join(this=table, on=on))
+        old = f"{col.table}.{col.name}" if col.table else col.name
+        col.set("table", exp.to_identifier(new_q, quoted=not alias))
+        return NameFix("join", u, old, f"{new_q}.{col.name}", 1.0)

@@ -134,6 +134,7 @@ class Repairer:
     def __init__(self) -> None:
         self._indexes: dict[str, ValueIndex] = {}
         self._schemas: dict[str, dict[str, list[str]]] = {}
+        self._keys: dict[str, list[tuple[str, str, str, str]]] = {}
 
     def fix(self, sql: str, db_path: str | os.PathLike | None, question: str = "", *,
             values: bool = True, names: bool = False) -> tuple[str, list]:
@@ -143,11 +144,12 @@ class Repairer:
         key = str(Path(db_path).resolve())
         fixes: list = []
         if names:
-            from .name_repair import fix_names, read_schema
+            from .name_repair import fix_names, read_foreign_keys, read_schema
 
             if key not in self._schemas:
                 self._schemas[key] = read_schema(db_path)
-            sql, named = fix_names(sql, self._schemas[key], question)
+                self._keys[key] = read_foreign_keys(db_path)
+            sql, named = fix_names(sql, self._schemas[key], question, self._keys[key])
             fixes.extend(named)
         if values:
             if key not in self._indexes:
@@ -166,6 +168,7 @@ class Repairer:
             index.close()
         self._indexes.clear()
         self._schemas.clear()
+        self._keys.clear()
 
 
 @dataclass(frozen=True)

@@ -181,7 +181,8 @@ class Answer:
     reply:       the raw model reply; ``messages``: the exact chat prompt sent.
     columns, rows, truncated: the result (None without ``execute``).
     value_fixes: value repair's changes, as dicts (table, column, old, new, ratio).
-    name_fixes:  name repair's changes, as dicts (kind "table"/"column", table, old, new, score).
+    name_fixes:  name repair's changes, as dicts (kind "table", "column", "qualifier" or "join",
+                 table, old, new, score).
     guided:      execution-guided decoding's verdict when the greedy query was retried
                  (reason, changed, samples, usable, votes), else None.
     execution:   the executor's own result object (not part of :meth:`to_dict`).
