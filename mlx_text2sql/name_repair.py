@@ -22,8 +22,9 @@ Two repairs mend a column that exists, but not where the query looks for it:
 
 - **qualifier**: ``T2.total`` where T2's table has no ``total`` but exactly one other table of
   the same SELECT has it becomes ``T1.total`` (before any similarity is tried);
-- **join**: a column no table of its SELECT has, whose exact name exists in exactly one other
-  table that one foreign key links to a table of the SELECT, gets that table joined on that key
+- **join**: a column no table of its SELECT has (nor a name similar enough, by the rules
+  above), whose exact name exists in other tables of which exactly one is linked to a table of
+  the SELECT, by exactly one foreign key, gets that table joined on that key
   (``SELECT title FROM albums WHERE name = ...`` with ``albums.artist_id -> artists.id`` and only
   ``artists`` holding ``name``: ``... JOIN artists AS T2 ON albums.artist_id = T2.id WHERE
   T2.name = ...``); the SELECT's unqualified columns that the new table also has are qualified
