@@ -309,13 +309,20 @@ class _Grounding:
         return select, tables
 
     def _known(self, col, tables) -> bool:
-        """Whether ``col`` names a column of its qualifier's table (unqualified: of any of
-        ``tables``)."""
+        """Whether ``col`` can name a column SQLite finds: one of its qualifier's table (an
+        alias of this SELECT or an outer one), or unqualified, one of any table the query
+        reads (a correlated subquery may read the outer query's columns)."""
+        from sqlglot import exp
+
         name = col.name.casefold()
         if col.table:
             real = next((r for q, r in tables if q.casefold() == col.table.casefold()), None)
-            return real is not None and name in self.cols_of[real]
-        return any(name in self.cols_of[r] for _, r in tables)
+            if real is None:
+                real = next((self.by_fold.get(t.name.casefold()) for t in self.tree.find_all(exp.Table)
+                             if (t.alias or t.name).casefold() == col.table.casefold()), None)
+            return real is None or name in self.cols_of[real]
+        return any(name in self.cols_of[r] for r in {self.by_fold.get(t.name.casefold())
+                                                     for t in self.tree.find_all(exp.Table)} if r)
 
     def rekey(self, join) -> NameFix | None:
         """A join whose ``ON a = b`` names a column its table lacks, joined instead on the one

@@ -130,9 +130,20 @@ def test_a_join_on_a_column_its_table_lacks_gets_the_foreign_key(db):
     "SELECT T1.title FROM albums AS T1 JOIN artists AS T2 ON T1.id = T2.id",            # both columns exist
     "SELECT T1.title FROM albums AS T1 JOIN labels AS T2 ON T1.label = T2.label_id",    # no key links them
     "SELECT T2.title FROM artists AS T1 JOIN albums AS T2 ON T1.id > T2.nothing",       # not an equality
+    # a correlated subquery's ON reads the outer query's column: the query runs as it is
+    "SELECT Name FROM people WHERE People_ID IN (SELECT T1.id FROM albums AS T1 JOIN artists AS T2 ON T2.id = Weight)",
 ])
 def test_a_join_condition_is_kept_when_no_key_clearly_replaces_it(db, sql):
     assert [f for f in repaired(db, sql)[1] if f[0] == "key"] == []
+
+
+def test_a_query_that_runs_is_never_changed(db):
+    for sql in ["SELECT Name FROM people WHERE People_ID IN "
+                "(SELECT T1.id FROM albums AS T1 JOIN artists AS T2 ON T2.id = Weight)",
+                "SELECT title FROM albums WHERE EXISTS (SELECT 1 FROM artists WHERE id = artist_id)",
+                "SELECT T1.title, T2.name FROM albums AS T1 JOIN artists AS T2 ON T1.artist_id = T2.id"]:
+        rows(db, sql)  # runs
+        assert repaired(db, sql) == (sql, [])
 
 
 def test_the_repairer_reads_the_keys_once_and_joins(db):
