@@ -1,17 +1,23 @@
-"""Name repair's qualifier and join repairs: a column the query looks for in the wrong table is
-qualified by the table of its SELECT that has it, or its table is joined on the one foreign key
-that links it; unclear cases, ``*`` selects and ON clauses are left alone. Checked by running
-the repaired SQL on a small database with declared keys."""
+"""Name repair's grounding: a column the query looks for in the wrong table is qualified by the
+table of its SELECT that has it, or its table is joined on the one foreign key that links it,
+and a join on a missing column is re-keyed; unclear cases, ``*`` selects, ON clauses and
+queries that run are left alone. Checked by running the repaired SQL on a small database with
+declared keys, and through generate --fix-names."""
 
 from __future__ import annotations
 
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
 
+from mlx_text2sql import generate
 from mlx_text2sql.name_repair import fix_names, read_foreign_keys, read_schema
 from mlx_text2sql.repair import Repairer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from evalkit import scripted_replies  # noqa: E402
 
 SCRIPT = """
 CREATE TABLE artists (id INTEGER PRIMARY KEY, name TEXT);
@@ -153,3 +159,12 @@ def test_the_repairer_reads_the_keys_once_and_joins(db):
     assert [type(f).__name__ for f in fixes] == ["NameFix", "Fix"]
     assert rows(db, out) == [("Big Ones",), ("Toys",)]
     r.close()
+
+
+def test_generate_names_the_join_it_made(db, tiny_llama, capsys, monkeypatch):
+    scripted_replies(monkeypatch, "SELECT title FROM albums WHERE name = 'Queen'")
+    argv = ["--model", str(tiny_llama), "--db", str(db), "-q", "albums by Queen?", "--execute", "--fix-names"]
+    assert generate.main(argv) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0].startswith('SELECT title FROM albums JOIN "artists" ON') and "Jazz" in out
+    assert "name repair: join 'name' -> 'artists.name' (table artists joined on its foreign key)" in err
