@@ -48,6 +48,10 @@ class SQLResponse(BaseModel):
     sql: str | None
     reply: str
     sql_greedy: str | None
+    name_fixes: list[dict[str, Any]] = Field(
+        default_factory=list, description="name repair's changes (fix_names): kind, table, old, new, score")
+    value_fixes: list[dict[str, Any]] = Field(
+        default_factory=list, description="value repair's changes (fix_values): table, column, old, new, ratio")
     columns: list[str] | None
     rows: list[list[Any]] | None
     truncated: bool

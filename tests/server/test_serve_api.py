@@ -291,4 +291,6 @@ def test_fix_names_repairs_what_the_model_misnames(serve, music_db, tmp_path):
     fixed = httpx.post(srv.url + "/v1/sql", json={**ask, "fix_names": True}, timeout=60).json()
     assert fixed["sql_greedy"] == "SELECT names FROM singer"
     assert fixed["sql"] == 'SELECT "name" FROM singer'
+    assert [(f["kind"], f["old"], f["new"]) for f in fixed["name_fixes"]] == [("column", "names", "name")]
+    assert raw["name_fixes"] == [] and fixed["value_fixes"] == []
     assert fixed["error"] is None and fixed["columns"] == ["name"] and len(fixed["rows"]) == 4

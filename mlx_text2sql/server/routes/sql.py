@@ -66,7 +66,8 @@ async def sql(request: Request, call: Checked = Depends(checked_sql), ctx: Serve
     t = answer.timings
     return S.SQLResponse(
         database=db.name, question=req.question, sql=answer.sql, reply=answer.reply,
-        sql_greedy=answer.sql_greedy, columns=answer.columns, rows=answer.rows,
+        sql_greedy=answer.sql_greedy, name_fixes=answer.name_fixes, value_fixes=answer.value_fixes,
+        columns=answer.columns, rows=answer.rows,
         truncated=bool(answer.truncated), error_kind=answer.error_kind,
         error=ctx.hide_paths(answer.error) if answer.error else None,
         timings=S.Timings(queue_s=job.queue_s, prompt_s=t.prompt_s, decode_s=t.decode_s,
