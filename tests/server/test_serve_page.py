@@ -93,3 +93,23 @@ def test_the_page_asks_for_the_key_when_the_server_has_one(serve, programmed_ser
         "return Array.from(document.querySelectorAll('#database option'), o => o.textContent)") == ["music"])
     browser.ask(driver, "who?")
     assert len(cells(driver)) == 6
+
+
+def test_the_page_shows_what_name_repair_changed(serve, music_db, driver, tmp_path):
+    from selenium.webdriver.common.by import By
+    from tinymodels import make_programmed_model
+
+    from mlx_text2sql.api import Text2SQL
+
+    path = make_programmed_model(tmp_path / "misnaming", "SELECT names FROM singer")
+    s = serve(Text2SQL.load(str(path)), [music_db])
+    driver.get(s.url + "/")
+    browser.wait_ready(driver)
+    browser.ask(driver, "the names of the singers", "music")
+    assert not driver.find_element(By.ID, "repairs").is_displayed()
+    assert "no such column: names" in driver.find_element(By.ID, "error").text
+    driver.find_element(By.ID, "opt-fix-names").click()
+    browser.ask(driver, "the names of the singers", "music")
+    assert driver.find_element(By.ID, "repairs").text == "name repair: column names \u2192 name"
+    assert driver.find_element(By.ID, "sql").get_attribute("value") == 'SELECT "name" FROM singer'
+    assert len(cells(driver)) == 4

@@ -109,8 +109,21 @@ function renderResult(columns, rows, truncated) {
 
 function fmt(s) { return (s * 1000).toFixed(0) + " ms"; }
 
+function repairsText(a) {
+  // what name and value repair changed in the model's query, one phrase each
+  const names = (a.name_fixes || []).map((f) => f.kind + " " + f.old + " \u2192 " + f.new);
+  const values = (a.value_fixes || []).map((f) => f.column + " = '" + f.old + "' \u2192 '" + f.new + "'");
+  const parts = [];
+  if (names.length) parts.push("name repair: " + names.join(", "));
+  if (values.length) parts.push("value repair: " + values.join(", "));
+  return parts.join("; ");
+}
+
 function showAnswer(a) {
   $("sql").value = a.sql || "";
+  const repairs = repairsText(a);
+  $("repairs").textContent = repairs;
+  $("repairs").hidden = !repairs;
   $("reply").textContent = a.reply || "";
   const t = a.timings;
   $("timings").textContent = "queue " + fmt(t.queue_s) + " \u00b7 prompt " + fmt(t.prompt_s) +
