@@ -173,6 +173,19 @@ def test_tables_from_database_reads_keys_types_and_rows(spider_dir):
     assert [t.name for t in tables_from_database(db, 0, names=["SALE"])] == ["sale"]
 
 
+def test_a_key_that_names_no_column_refers_to_the_primary_key(tmp_path):
+    db = tmp_path / "k.sqlite"
+    con = sqlite3.connect(db)
+    con.executescript("CREATE TABLE person (pid INTEGER PRIMARY KEY, name TEXT);"
+                      "CREATE TABLE pet (id INTEGER PRIMARY KEY, owner INTEGER REFERENCES person);"
+                      "CREATE TABLE tag (a INT, b INT, PRIMARY KEY (a, b));"
+                      "CREATE TABLE note (tag_a INT REFERENCES tag);")
+    con.close()
+    person, pet, tag, note = tables_from_database(db, sample_rows=0)
+    assert pet.foreign_keys == [("owner", "person", "pid")]   # SQLite's meaning: person's key
+    assert note.foreign_keys == [("tag_a", "tag", "tag_a")]   # no single key: the column's name, as before
+
+
 def test_squash_whitespace_keeps_quoted_text():
     assert squash_whitespace("SELECT  a ,  b FROM t WHERE x  =  'two  spaces'") == \
         "SELECT a , b FROM t WHERE x = 'two  spaces'"

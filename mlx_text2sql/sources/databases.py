@@ -68,7 +68,7 @@ def tables_from_database(path: str | os.PathLike, sample_rows: int = 3,
             # order, as the CREATE TABLE (and Spider's tables.json) give them.
             fks = conn.execute(f"PRAGMA foreign_key_list({q})").fetchall()
             for fk in sorted(fks, key=lambda r: (-r[0], r[1])):
-                table.foreign_keys.append((fk[3], fk[2], fk[4] or fk[3]))
+                table.foreign_keys.append((fk[3], fk[2], fk[4] or _primary_key(conn, fk[2]) or fk[3]))
             if sample_rows > 0 and table.columns:
                 cols = ", ".join(quote_name(c.name) for c in table.columns)
                 table.rows = [list(r) for r in
@@ -77,6 +77,12 @@ def tables_from_database(path: str | os.PathLike, sample_rows: int = 3,
         return out
     finally:
         conn.close()
+
+
+def _primary_key(conn: sqlite3.Connection, table: str) -> str | None:
+    """The one primary-key column of ``table`` (what ``REFERENCES table`` names), else None."""
+    pk = [c[1] for c in conn.execute(f"PRAGMA table_info({quote_name(table)})") if c[5] > 0]
+    return pk[0] if len(pk) == 1 else None
 
 
 def quote_name(name: str) -> str:
