@@ -91,41 +91,25 @@ def read_schema(db_path: str | Path) -> dict[str, list[str]]:
 
 def read_foreign_keys(db_path: str | Path) -> list[tuple[str, str, str, str]]:
     """The declared foreign keys of a SQLite file as ``(table, column, referenced table,
-    referenced column)``, names as the tables spell them; a key that names no column of the
-    referenced table refers to its primary key. Empty when the file cannot be read."""
-    from .sources.common import connect_readonly
-
-    from .prompts import quote_ident
+    referenced column)``, names as the tables spell them (keys naming a table or column the
+    file lacks left out), from :func:`~mlx_text2sql.sources.databases.tables_from_database`.
+    Empty when the file cannot be read."""
+    from .sources.databases import tables_from_database
 
     try:
-        conn = connect_readonly(Path(db_path))
+        tables = tables_from_database(db_path, sample_rows=0)
     except sqlite3.Error:
         return []
-    try:
-        tables = [r[0] for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
-        by_fold = {t.casefold(): t for t in tables}
-        info = {t: conn.execute(f"PRAGMA table_info({quote_ident(t)})").fetchall() for t in tables}
-        cols = {t: {r[1].casefold(): r[1] for r in rows} for t, rows in info.items()}
-        keys = []
-        for t in tables:
-            for row in conn.execute(f"PRAGMA foreign_key_list({quote_ident(t)})"):
-                ref, frm, to = by_fold.get(str(row[2]).casefold()), row[3], row[4]
-                if ref is None or frm is None or frm.casefold() not in cols[t]:
-                    continue
-                if to is None:  # REFERENCES table: its primary key
-                    pk = [r[1] for r in info[ref] if r[5]]
-                    if len(pk) != 1:
-                        continue
-                    to = pk[0]
-                if to.casefold() not in cols[ref]:
-                    continue
-                keys.append((t, cols[t][frm.casefold()], ref, cols[ref][to.casefold()]))
-        return list(dict.fromkeys(keys))
-    except sqlite3.Error:
-        return []
-    finally:
-        conn.close()
+    by_fold = {t.name.casefold(): t for t in tables}
+    spelt = {t.name: {c.name.casefold(): c.name for c in t.columns} for t in tables}
+    keys = []
+    for t in tables:
+        for frm, ref_name, to in t.foreign_keys:
+            ref = by_fold.get(str(ref_name).casefold())
+            if ref is None or frm.casefold() not in spelt[t.name] or str(to).casefold() not in spelt[ref.name]:
+                continue
+            keys.append((t.name, spelt[t.name][frm.casefold()], ref.name, spelt[ref.name][str(to).casefold()]))
+    return list(dict.fromkeys(keys))
 
 
 def _singular(word: str) -> str:
@@ -235,7 +219,6 @@ def fix_names(sql: str, schema: dict[str, list[str]], question: str = "",
         owner[real.casefold()] = real
         if t.alias:
             owner[t.alias.casefold()] = real
-    read = list(dict.fromkeys(owner.values()))
     outputs = {a.alias.casefold() for a in tree.find_all(exp.Alias) if a.alias}
     grounding = _Grounding(tree, schema, by_fold, cols_of, foreign_keys)
 
@@ -256,6 +239,7 @@ def fix_names(sql: str, schema: dict[str, list[str]], question: str = "",
                 continue
             candidates = [(table, c) for c in schema[table]]
         else:
+            read = list(dict.fromkeys(owner.values()))  # the tables the query reads
             if name.casefold() in outputs or any(name.casefold() in cols_of[t] for t in read):
                 continue
             candidates = [(t, c) for t in read for c in schema[t]]
@@ -265,7 +249,6 @@ def fix_names(sql: str, schema: dict[str, list[str]], question: str = "",
             if fix is not None:
                 fixes.append(fix)
                 owner[fix.table.casefold()] = fix.table
-                read = list(dict.fromkeys([*read, fix.table]))
             continue
         new = found[1]
         owners = {t for t, c in candidates if c == new}
@@ -285,11 +268,31 @@ def fix_names(sql: str, schema: dict[str, list[str]], question: str = "",
 
 
 class _Grounding:
-    """The qualifier and join repairs of :func:`fix_names` over one parsed query."""
+    """The qualifier, join and key repairs of :func:`fix_names` over one parsed query."""
 
     def __init__(self, tree, schema, by_fold, cols_of, foreign_keys):
         self.tree, self.schema, self.by_fold, self.cols_of = tree, schema, by_fold, cols_of
         self.keys = [k for k in foreign_keys if k[0] in schema and k[2] in schema]
+
+    def _links(self, mine: str, other: str) -> list[tuple[str, str]]:
+        """``(column of mine, column of other)`` of each foreign key between the two tables,
+        either way round."""
+        out = []
+        for a, ac, b, bc in self.keys:
+            if a == mine and b == other:
+                out.append((ac, bc))
+            elif a == other and b == mine:
+                out.append((bc, ac))
+        return out
+
+    @staticmethod
+    def _equal(q1: str, c1: str, q2: str, c2: str, quote_q2: bool = False):
+        """``q1."c1" = q2."c2"``, the condition a repaired join is on."""
+        from sqlglot import exp
+
+        return exp.EQ(this=exp.Column(this=exp.to_identifier(c1, quoted=True), table=exp.to_identifier(q1)),
+                      expression=exp.Column(this=exp.to_identifier(c2, quoted=True),
+                                            table=exp.to_identifier(q2, quoted=quote_q2 or None)))
 
     def _scope(self, col):
         """The SELECT that reads ``col`` and its tables as ``[(qualifier, database table)]``
@@ -340,24 +343,16 @@ class _Grounding:
         mine = (table.alias or table.name, self.by_fold.get(table.name.casefold()))
         if mine[1] is None:
             return None
-        before = tables[:[i for i, (q, r) in enumerate(tables) if q == mine[0]][0]]
+        before = tables[:next(i for i, (q, _) in enumerate(tables) if q == mine[0])]
         if all(self._known(c, tables) for c in (on.this, on.expression)):
             return None
-        links = []
-        for q, real in before:
-            for a, ac, b, bc in self.keys:
-                if a == real and b == mine[1]:
-                    links.append((q, ac, bc))
-                elif a == mine[1] and b == real:
-                    links.append((q, bc, ac))
-        links = list(dict.fromkeys(links))
+        links = list(dict.fromkeys((q, theirs, my) for q, real in before
+                                   for theirs, my in self._links(real, mine[1])))
         if len(links) != 1:
             return None
         q, their_col, my_col = links[0]
         old = on.sql(dialect="sqlite")
-        new = exp.EQ(this=exp.Column(this=exp.to_identifier(their_col, quoted=True), table=exp.to_identifier(q)),
-                     expression=exp.Column(this=exp.to_identifier(my_col, quoted=True),
-                                           table=exp.to_identifier(mine[0])))
+        new = self._equal(q, their_col, mine[0], my_col)
         join.set("on", new)
         return NameFix("key", mine[1], old, new.sql(dialect="sqlite"), 1.0)
 
@@ -394,15 +389,8 @@ class _Grounding:
         if any(name in self.cols_of[real] for real in inside):
             return None
         holders = [t for t in self.schema if t not in inside and name in self.cols_of[t]]
-        links = []
-        for u in holders:
-            for q, real in tables:
-                for a, ac, b, bc in self.keys:
-                    if a == real and b == u:
-                        links.append((u, q, ac, bc))
-                    elif a == u and b == real:
-                        links.append((u, q, bc, ac))
-        links = list(dict.fromkeys(links))
+        links = list(dict.fromkeys((u, q, own, new) for u in holders for q, real in tables
+                                   for own, new in self._links(real, u)))
         if len(links) != 1:
             return None
         u, q, own_col, new_col = links[0]
@@ -426,10 +414,7 @@ class _Grounding:
         table = exp.Table(this=exp.to_identifier(u, quoted=True))
         if alias:
             table.set("alias", exp.TableAlias(this=exp.to_identifier(alias)))
-        on = exp.EQ(this=exp.Column(this=exp.to_identifier(own_col, quoted=True), table=exp.to_identifier(q)),
-                    expression=exp.Column(this=exp.to_identifier(new_col, quoted=True),
-                                          table=exp.to_identifier(new_q, quoted=not alias)))
-        select.append("joins", exp.Join(this=table, on=on))
+        select.append("joins", exp.Join(this=table, on=self._equal(q, own_col, new_q, new_col, quote_q2=not alias)))
         old = f"{col.table}.{col.name}" if col.table else col.name
         col.set("table", exp.to_identifier(new_q, quoted=not alias))
         return NameFix("join", u, old, f"{new_q}.{col.name}", 1.0)
