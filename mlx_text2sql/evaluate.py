@@ -515,6 +515,8 @@ def saved_replies(path: Path, records: list[dict]) -> tuple[str, list[str]]:
 def _rescore(records, base_dir, args, writer) -> tuple[str, dict, None]:
     """(label, summary, None) of the replies saved in ``args.replies``, extracted, repaired and
     scored as :func:`run_model` scores a model's."""
+    from tqdm import tqdm
+
     from .prompts import extract_sql
     from .repair import Repairer
 
@@ -522,8 +524,6 @@ def _rescore(records, base_dir, args, writer) -> tuple[str, dict, None]:
     print(f"scoring the {label} replies saved in {args.replies}", file=sys.stderr)
     repairer = (Repairer().configured(values=args.fix_values, names=args.fix_names)
                 if args.fix_values or args.fix_names else None)
-    from tqdm import tqdm
-
     bar = tqdm(total=len(records), desc=f"{label}: scoring saved replies", unit="q", disable=args.quiet,
                file=sys.stderr)
     try:

@@ -133,8 +133,7 @@ class Repairer:
 
     def __init__(self) -> None:
         self._indexes: dict[str, ValueIndex] = {}
-        self._schemas: dict[str, dict[str, list[str]]] = {}
-        self._keys: dict[str, list[tuple[str, str, str, str]]] = {}
+        self._names: dict[str, tuple[dict[str, list[str]], list[tuple[str, str, str, str]]]] = {}  # schema, keys
 
     def fix(self, sql: str, db_path: str | os.PathLike | None, question: str = "", *,
             values: bool = True, names: bool = False) -> tuple[str, list]:
@@ -146,10 +145,10 @@ class Repairer:
         if names:
             from .name_repair import fix_names, read_foreign_keys, read_schema
 
-            if key not in self._schemas:
-                self._schemas[key] = read_schema(db_path)
-                self._keys[key] = read_foreign_keys(db_path)
-            sql, named = fix_names(sql, self._schemas[key], question, self._keys[key])
+            if key not in self._names:
+                self._names[key] = read_schema(db_path), read_foreign_keys(db_path)
+            schema, keys = self._names[key]
+            sql, named = fix_names(sql, schema, question, keys)
             fixes.extend(named)
         if values:
             if key not in self._indexes:
@@ -167,8 +166,7 @@ class Repairer:
         for index in self._indexes.values():
             index.close()
         self._indexes.clear()
-        self._schemas.clear()
-        self._keys.clear()
+        self._names.clear()
 
 
 @dataclass(frozen=True)
