@@ -60,6 +60,10 @@ def add_refine_options(p, *, fix_values_help: str, exec_guided_help: str) -> Non
                    help="name repair (mlx_text2sql/name_repair.py): a predicted table or column the database "
                         "does not have gets the database's name it most plausibly means (singer_name -> Name "
                         "in table singer), before value repair" + fix_values_help)
+    p.add_argument("--constrain-names", action="store_true",
+                   help="schema-constrained greedy decoding (mlx_text2sql/sql/constrain.py): at each step "
+                        "the model's most likely token that keeps every table and column name of the query "
+                        "one the database has, so a name it lacks is never written (greedy only)")
     p.add_argument("--exec-guided", type=int, default=0, metavar="N",
                    help="execution-guided decoding (mlx_text2sql/guided.py): a greedy query that fails on "
                         "the database (an error, or no rows) is replaced by the result most of N sampled "
@@ -104,7 +108,8 @@ def load_kwargs(args: argparse.Namespace) -> dict:
 def ask_options(args: argparse.Namespace, **overrides) -> AskOptions:
     """The :class:`~mlx_text2sql.api.AskOptions` the generation and refinement flags give."""
     kw = dict(max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p, seed=args.seed,
-              batch_size=args.batch_size, fix_values=args.fix_values, fix_names=args.fix_names, exec_guided=args.exec_guided, vote=args.vote,
+              batch_size=args.batch_size, fix_values=args.fix_values, fix_names=args.fix_names,
+              constrain_names=args.constrain_names, exec_guided=args.exec_guided, vote=args.vote,
               guided_temp=args.guided_temp, guided_top_p=args.guided_top_p, timeout_s=args.timeout)
     kw.update(overrides)
     return AskOptions(**kw)

@@ -404,13 +404,16 @@ def _validate(args) -> None:
     problems += opts.generation_problems(args)
     if (args.exec_guided or args.vote) and args.gold:
         problems.append(f"{'--exec-guided' if args.exec_guided else '--vote'} needs a model: drop --gold")
+    if args.constrain_names and args.gold:
+        problems.append("--constrain-names needs a model: drop --gold")
     if args.gold and (args.compare_base or args.adapter_path):
         problems.append("--gold scores the data itself: drop --adapter-path / --compare-base")
     if args.replies is not None:
         if args.gold:
             problems.append("give --gold or --replies, not both")
         for flag, on in (("--compare-base", args.compare_base), ("--exec-guided", args.exec_guided),
-                         ("--vote", args.vote), ("--resume", args.resume)):
+                         ("--vote", args.vote), ("--resume", args.resume),
+                         ("--constrain-names", args.constrain_names)):
             if on:
                 problems.append(f"{flag} needs a model run: --replies scores saved replies")
         if not Path(args.replies).is_file():

@@ -282,3 +282,29 @@ def test_the_api_imports_no_mlx_until_a_model_loads(db):
     root = Path(__file__).resolve().parent.parent
     res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+# --------------------------------------------------------------------------- constrained names
+
+def test_constrained_decoding_keeps_a_query_whose_names_exist(t2s, db):
+    free = t2s.ask("who is older than 30?", db=db)
+    bound = t2s.ask("who is older than 30?", db=db, options=AskOptions(constrain_names=True))
+    assert bound.sql == free.sql == REPLY and bound.rows == free.rows
+
+
+def test_constrained_decoding_never_writes_a_name_the_schema_lacks(t2s):
+    """The model's reply names ``age``; over a schema without it the constrained reply takes
+    another token there, and neither that schema text nor any other question is affected."""
+    schema = "CREATE TABLE singer (name TEXT, years INT)"
+    free = t2s.ask("who is older than 30?", schema=schema)
+    assert free.sql == REPLY and free.error_kind == "error"  # no such column: age
+    got = t2s.ask_many([Question("who is older than 30?", schema=schema), Question("who?", schema=SCHEMA)],
+                       options=AskOptions(constrain_names=True, max_tokens=24))
+    assert got[0].reply.startswith("SELECT name FROM singer WHERE ") and got[0].reply != free.reply
+    words = got[0].reply.lower().replace("(", " ").replace(")", " ").split()
+    assert "age" not in words
+    assert got[1].sql == REPLY  # its schema has age
+
+
+def test_constrained_decoding_is_greedy_only():
+    assert AskOptions(constrain_names=True, temp=0.5).problems() == ["constrain_names needs greedy decoding (temp 0)"]

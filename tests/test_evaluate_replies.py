@@ -79,6 +79,7 @@ def test_a_record_without_a_saved_reply_is_named(saved, tmp_path, monkeypatch, c
     (["--vote", "3"], "--vote needs a model run"),
     (["--compare-base"], "--compare-base needs a model run"),
     (["--gold"], "give --gold or --replies, not both"),
+    (["--constrain-names"], "--constrain-names needs a model run"),
 ])
 def test_replies_refuse_what_needs_a_model(saved, extra, message, capsys):
     data, run = saved

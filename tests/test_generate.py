@@ -214,6 +214,8 @@ def test_database_errors(tmp_path, chatml, db, capsys):
     (["--schema", SCHEMA, "-q", "q", "--max-tokens", "0", "--top-p", "0"], "--max-tokens must be at least 1"),
     (["--schema", SCHEMA, "-q", "q", "--adapter-path", "/nonexistent/adapter"], "no such folder"),
     (["-q", "q"], "no schema"),
+    (["--schema", SCHEMA, "-q", "q", "--constrain-names", "--temp", "0.7"],
+     "--constrain-names needs greedy decoding (temp 0)"),
 ])
 def test_settings_errors(chatml, capsys, argv, expected):
     code, out, err = run(["--model", str(chatml), *argv], capsys)
@@ -385,3 +387,21 @@ def test_db_prompt_shows_the_tables_the_question_is_about(chatml, collection, ca
     code, out, err = run(["--model", str(chatml), "--db", str(collection), "--tables", "all",
                           "-q", "How many players are from Canada?", "--show-prompt"], capsys)
     assert code == 0 and 'CREATE TABLE "t_airports"' in err and 'CREATE TABLE "book"' in err
+
+
+def test_constrain_names_writes_only_the_database_s_names(tmp_path, chatml, capsys):
+    """REPLY names singer.age; over a database whose singer table has no age column the
+    constrained query writes another name there."""
+    import sqlite3
+
+    path = tmp_path / "no_age.sqlite"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE singer (name TEXT, years INTEGER)")
+    con.commit()
+    con.close()
+    code, out, err = run(["--model", str(chatml), "--db", str(path), "-q", "who is older than 30?",
+                          "--max-tokens", "24"], capsys)
+    assert code == 0 and out.strip() == REPLY
+    code, out, err = run(["--model", str(chatml), "--db", str(path), "-q", "who is older than 30?",
+                          "--max-tokens", "24", "--constrain-names"], capsys)
+    assert code == 0 and out.startswith("SELECT name FROM singer WHERE ") and "age" not in out.lower().split()

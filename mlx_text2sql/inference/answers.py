@@ -29,6 +29,9 @@ class AskOptions:
     fix_values:    value repair of miscopied literals against the database (:mod:`mlx_text2sql.repair`).
     fix_names:     name repair of tables and columns the database does not have
                    (:mod:`mlx_text2sql.name_repair`); before value repair when both are on.
+    constrain_names: schema-constrained greedy decoding (:mod:`mlx_text2sql.sql.constrain`):
+                   every table and column name the query writes is one its database (or
+                   schema) has, the model's most likely choice among them; greedy only.
     exec_guided:   N: a query that fails on the database (an error, or no rows) is replaced by
                    the result most of N sampled replies agree on (:mod:`mlx_text2sql.guided`); 0: off.
     vote:          N: self-consistency voting on every question: the greedy query and N sampled
@@ -51,6 +54,7 @@ class AskOptions:
     seed: int | None = None
     fix_values: bool = False
     fix_names: bool = False
+    constrain_names: bool = False
     exec_guided: int = 0
     vote: int = 0
     guided_temp: float = 0.7
@@ -85,6 +89,8 @@ class AskOptions:
             out.append("top_p must be in (0, 1]")
         if self.batch_size < 1:
             out.append("batch_size must be at least 1")
+        if self.constrain_names and self.temp != 0:
+            out.append("constrain_names needs greedy decoding (temp 0)")
         if self.exec_guided < 0:
             out.append("exec_guided must be 0 (off) or a number of samples")
         if self.vote < 0:

@@ -63,6 +63,7 @@ class Predictor:
         self.gen = gen
         self.builder = builder
         self.refiner = refiner or Refiner(gen)
+        self._constraints: dict = {}
 
     # ----------------------------------------------------------------- prompts
 
@@ -111,10 +112,11 @@ class Predictor:
         A question whose ``cancelled(i)`` turns true stops decoding at once; its answer has
         ``finish_reason`` "cancelled", no SQL, and is neither refined nor executed."""
         t0 = time.perf_counter() if t0 is None else t0
+        extra = {"constraints": [self.constraint(p) for p in prepared]} if options.constrain_names else {}
         results = self.gen.generate(
             [p.messages for p in prepared], max_tokens=options.max_tokens, temp=options.temp,
             top_p=options.top_p, seed=options.seed, batch_size=options.batch_size,
-            stream_callback=stream_callback, progress=progress, cancelled=cancelled)
+            stream_callback=stream_callback, progress=progress, cancelled=cancelled, **extra)
         live = [i for i, r in enumerate(results) if r.finish_reason != "cancelled"]
         live_set = set(live)
         answers: list = [None if i in live_set else self._answer(p, r, None, None, [], None, 0.0, options)
@@ -127,6 +129,18 @@ class Predictor:
         for a in answers:
             a.timings.total_s = total
         return answers
+
+    def constraint(self, p: Prepared):
+        """The :class:`~mlx_text2sql.sql.constrain.NameConstraint` of a question's database or
+        schema text (one per database or schema, kept across calls); None when it has no
+        tables to read."""
+        from ..sql.constrain import NameConstraint, schema_names
+
+        key = ("db", os.path.abspath(p.db)) if p.db is not None else ("schema", p.schema)
+        if key not in self._constraints:
+            names = schema_names(db=p.db, schema=p.schema)
+            self._constraints[key] = NameConstraint(names) if names else None
+        return self._constraints[key]
 
     def _finish(self, prepared, results, options: AskOptions, guided_progress, guided_announce) -> list[Answer]:
         """Value repair, execution-guided decoding and execution of the greedy replies."""

@@ -294,3 +294,18 @@ def test_fix_names_repairs_what_the_model_misnames(serve, music_db, tmp_path):
     assert [(f["kind"], f["old"], f["new"]) for f in fixed["name_fixes"]] == [("column", "names", "name")]
     assert raw["name_fixes"] == [] and fixed["value_fixes"] == []
     assert fixed["error"] is None and fixed["columns"] == ["name"] and len(fixed["rows"]) == 4
+
+
+def test_constrain_names_decodes_only_the_database_s_names(serve, music_db, tmp_path):
+    from tinymodels import make_programmed_model
+
+    from mlx_text2sql.api import Text2SQL
+
+    path = make_programmed_model(tmp_path / "misnaming", "SELECT names FROM singer")
+    srv = serve(Text2SQL.load(str(path)), [music_db])
+    ask = {"database": "music", "question": "the names of the singers", "max_tokens": 16}
+    bound = httpx.post(srv.url + "/v1/sql", json={**ask, "constrain_names": True}, timeout=60).json()
+    assert bound["reply"].startswith("SELECT name") and "names" not in bound["reply"].split()
+    bad = httpx.post(srv.url + "/v1/sql", json={**ask, "constrain_names": True, "temperature": 0.5}, timeout=60)
+    assert bad.status_code == 400 and "constrain_names needs greedy decoding" in error_of(bad)["message"]
+    assert httpx.post(srv.url + "/v1/sql", json=ask, timeout=60).json()["sql"] == "SELECT names FROM singer"

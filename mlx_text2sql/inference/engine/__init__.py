@@ -24,7 +24,12 @@ schema, and the SQL copies names and values from the prompt. So:
    and MLX's generic ``scaled_dot_product_attention`` is slower there. Prefill blocks run the backbone over
    all their columns and project only the last one onto the vocabulary; greedy steps take the
    argmax of the logits without normalising them.
-6. **On MLX's CPU backend, exponentials are computed by NumPy** (:func:`host_attention`,
+6. **Names can be constrained.** ``generate(constraints=[...])`` gives prompts a
+   :class:`~mlx_text2sql.sql.constrain.NameConstraint`: greedy decoding then takes, at each
+   step, the most likely of the ``constraint_top_k`` best tokens that keeps the reply a query
+   over that database's names (:func:`.decode.constrain`); drafts are kept only where they equal
+   that choice, so a constrained step still yields several tokens.
+7. **On MLX's CPU backend, exponentials are computed by NumPy** (:func:`host_attention`,
    :func:`host_swiglu`): MLX's CPU ``exp`` is scalar, many times slower than NumPy's vectorised
    one, and the attention softmaxes and SwiGLU sigmoids are a large part of a prefill. The
    matrix products stay in MLX; each layer syncs with the host twice. Only while this engine

@@ -62,6 +62,7 @@ def decode(gen, queue: deque, sampler, batch_size: int, finished: Finished) -> N
     while queue or active is not None:
         new = admit(gen, active, queue, batch_size, sampler, finished)
         if new is not None:
+            new.first_logits = None
             active = new if active is None else active.extend(new)
         if active is None:  # every row admitted this turn was cancelled
             continue
@@ -129,11 +130,14 @@ def _take_first_tokens(gen, new: _Active, finished: Finished) -> tuple[_Active |
     keep, first = [], []
     for j, (row, tok) in enumerate(zip(new.rows, new.y.tolist())):
         row.lookup = _Lookup(row.prompt)
+        if row.constraint is not None:
+            tok = constrain(gen, row, int(tok), new.first_logits[j])
         if row.add(int(tok)):
             finish(gen, row, now, finished)
         else:
             keep.append(j)
             first.append(int(tok))
+    new.first_logits = None
     if len(keep) < new.size:
         new = new.filter(keep) if keep else None
     return new, first
@@ -159,6 +163,8 @@ def _verify_drafts(gen, active: _Active, pending: list[int]) -> tuple[list[list[
     choice = mx.argmax(logits, axis=-1).tolist()
     gen.stats.decode_steps += 1
     gen.stats.decode_row_steps += active.size
+    if any(row.constraint is not None for row in active.rows):
+        active.step_logits = logits  # evaluated with the argmax: the constraint reads it
     return drafts, choice
 
 
@@ -166,14 +172,24 @@ def _accept(gen, active: _Active, drafts: list[list[int]], choice: list[list[int
             finished: Finished) -> tuple[_Active | None, list[int]]:
     """Each row keeps its guesses up to the first the model disagrees with, plus the model's
     own choice after them; returns the rows still going (None if none) and their pending
-    tokens."""
+    tokens. A constrained row's choice at each position is the constraint's (:func:`constrain`)."""
     now = time.perf_counter()
     kept = np.ones(active.size, dtype=np.int64)
     keep, pending = [], []
     for j, (row, d, c) in enumerate(zip(active.rows, drafts, choice)):
         a = 0
-        while a < len(d) and d[a] == c[a]:
-            a += 1
+        if row.constraint is None:
+            while a < len(d) and d[a] == c[a]:
+                a += 1
+        else:  # the constrained choice at each fed position; a guess is kept if it is that
+            c = list(c)
+            while True:
+                if row.constraint is not None:  # (dropped when it allowed none of the likely)
+                    c[a] = constrain(gen, row, c[a], active.step_logits[j, a])
+                if a < len(d) and d[a] == c[a]:
+                    a += 1
+                else:
+                    break
         kept[j] = 1 + a
         gen.stats.drafted_tokens += len(d)
         gen.stats.accepted_tokens += a
@@ -188,8 +204,43 @@ def _accept(gen, active: _Active, drafts: list[list[int]], choice: list[list[int
             keep.append(j)
             pending.append(int(c[a]))
     active.batch.keep_block_prefix(kept)
+    active.step_logits = None
     if not keep:
         return None, pending
     if len(keep) < active.size:
         active.filter(keep)
     return active, pending
+
+
+def allowed(gen, row: _Row, token: int):
+    """The row's constraint state after ``token``, or None if the constraint forbids it
+    (the end of the reply is a token too: EOS is allowed where the query may end)."""
+    if token in row.eos_ids:
+        return row.cstate if row.constraint.can_end(row.cstate) else None
+    pieces = gen.token_pieces()
+    if token >= len(pieces):  # an id of a padded vocabulary: no text
+        return None
+    return row.constraint.step(row.cstate, pieces[token])
+
+
+def constrain(gen, row: _Row, token: int, logits: mx.array) -> int:
+    """The row's next token under its constraint: ``token`` (the model's choice) if allowed,
+    else the most likely allowed one of the ``gen.constraint_top_k`` most likely (``logits``:
+    this position's, (V,)). When none of those is allowed the constraint is dropped for the
+    rest of the row and ``token`` taken. Advances the row's constraint state."""
+    state = allowed(gen, row, token)
+    if state is None:
+        k = min(gen.constraint_top_k, logits.shape[-1])
+        top = mx.argpartition(-logits, k - 1)[:k]
+        for cand in top[mx.argsort(-logits[top])].tolist():
+            state = allowed(gen, row, cand)
+            if state is not None:
+                gen.stats.constrained_tokens += 1
+                token = cand
+                break
+        else:
+            gen.stats.constraints_dropped += 1
+            row.constraint = row.cstate = None
+            return token
+    row.cstate = state
+    return token

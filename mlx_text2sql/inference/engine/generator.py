@@ -70,6 +70,8 @@ class Stats:
     generated_tokens: int = 0
     drafted_tokens: int = 0  # prompt-lookup guesses fed to the model
     accepted_tokens: int = 0  # guesses that were right (tokens gained without a step)
+    constrained_tokens: int = 0  # tokens a name constraint chose over the model's first choice
+    constraints_dropped: int = 0  # rows whose constraint allowed none of the likely tokens
 
     def summary(self) -> str:
         rows = self.decode_row_steps / max(1, self.decode_steps)
@@ -78,7 +80,9 @@ class Stats:
                 f"decode {self.decode_seconds:.1f} s for {self.decode_steps} steps "
                 f"({rows:.1f} rows/step, {1000 * self.decode_seconds / max(1, self.decode_steps):.0f} ms/step), "
                 f"{self.generated_tokens} tokens"
-                + (f"; drafts: {self.accepted_tokens}/{self.drafted_tokens} accepted" if self.drafted_tokens else ""))
+                + (f"; drafts: {self.accepted_tokens}/{self.drafted_tokens} accepted" if self.drafted_tokens else "")
+                + (f"; names constrained: {self.constrained_tokens} tokens changed, "
+                   f"{self.constraints_dropped} rows released" if self.constrained_tokens or self.constraints_dropped else ""))
 
 
 class SQLGenerator:
@@ -98,12 +102,16 @@ class SQLGenerator:
     few rows, but once the batch is large a step's cost grows with the tokens it feeds;
     ``host_math`` computes attention softmaxes and SwiGLU activations with NumPy
     (:func:`host_attention`, :func:`host_swiglu`): None (default) turns it on for MLX's CPU
-    backend, where it makes generation faster, unless ``MLX_TEXT2SQL_NO_HOST_MATH=1``.
+    backend, where it makes generation faster, unless ``MLX_TEXT2SQL_NO_HOST_MATH=1``;
+    ``constraint_top_k`` is how many of the model's most likely tokens a name constraint
+    (``generate(constraints=...)``) looks through for one it allows before it lets the row
+    decode freely.
     """
 
     def __init__(self, loaded, *, prefix_cache_mb: float = 512, block_tokens: int = 64,
                  min_shared: int = 16, prefill_step: int = 512, call_overhead_tokens: float = 12,
-                 draft_tokens: int = 4, draft_budget: int = 16, host_math: bool | None = None):
+                 draft_tokens: int = 4, draft_budget: int = 16, host_math: bool | None = None,
+                 constraint_top_k: int = 64):
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
@@ -123,6 +131,21 @@ class SQLGenerator:
         self._split = _backbone_and_head(self.model)
         self.n_layers = len(self.model.layers)
         self.stats = Stats()
+        self.constraint_top_k = max(1, constraint_top_k)
+        self._pieces: list[str] | None = None
+
+    def token_pieces(self) -> list[str]:
+        """Each token id's text as it reads inside a reply (its leading space included):
+        ``decode([a, id])`` less ``decode([a])``, which keeps the word boundary a lone
+        ``decode([id])`` drops for SentencePiece vocabularies. Built once; ids the tokenizer
+        does not have (a model's padded vocabulary) have no piece."""
+        if self._pieces is None:
+            hf = getattr(self.tokenizer, "_tokenizer", self.tokenizer)
+            base = list(hf.encode("a", add_special_tokens=False))
+            head = hf.decode(base)
+            texts = hf.batch_decode([base + [i] for i in range(len(hf))])
+            self._pieces = [t[len(head):] if t.startswith(head) else t for t in texts]
+        return self._pieces
 
     def uses_host_math(self) -> bool:
         """Whether this generator's attention softmax and SwiGLU run on NumPy
@@ -166,7 +189,8 @@ class SQLGenerator:
                  top_p: float = 1.0, seed: int | None = None, batch_size: int = 8,
                  stream_callback: StreamCallback | None = None, stop: Sequence[str] | None = None,
                  progress: Callable[[int], None] | None = None,
-                 cancelled: Callable[[int], bool] | None = None) -> list[Result]:
+                 cancelled: Callable[[int], bool] | None = None,
+                 constraints: Sequence | None = None) -> list[Result]:
         """Generate one reply per prompt, in input order.
 
         prompts:   chat message lists (rendered with the model's template), raw strings or
@@ -181,6 +205,10 @@ class SQLGenerator:
         cancelled(i): true once prompt ``i``'s reply is no longer wanted (its client left);
                    checked before its prefill and after every token, the row then ends at
                    once with ``finish_reason`` "cancelled" and frees its place in the batch.
+        constraints: one :class:`~mlx_text2sql.sql.constrain.NameConstraint` (or None) per
+                   prompt: greedy decoding then takes, at each step, the most likely token
+                   that keeps the reply a query over that database's names
+                   (schema-constrained decoding; greedy only).
         """
         from mlx_lm.sample_utils import make_sampler
 
@@ -190,9 +218,20 @@ class SQLGenerator:
             raise ValueError("batch_size must be at least 1")
         if seed is not None:
             mx.random.seed(seed)
+        if constraints is not None:
+            constraints = list(constraints)
+            if len(constraints) != len(prompts):
+                raise ValueError(f"{len(constraints)} constraints for {len(prompts)} prompts")
+            if temp != 0 and any(c is not None for c in constraints):
+                raise ValueError("name constraints need greedy decoding (temp 0)")
         sampler = make_sampler(temp=temp, top_p=top_p if 0 < top_p < 1 else 0.0)
         stops = self.stop if stop is None else [s for s in stop if s]
         rows = self._rows(prompts, stops, max_tokens, stream_callback, cancelled)
+        constrained = constraints is not None and any(c is not None for c in constraints)
+        if constrained:
+            for row, c in zip(rows, constraints):
+                if c is not None:
+                    row.constraint, row.cstate = c, c.start()
         results: list[Result | None] = [None] * len(rows)
 
         def finished(row: _Row) -> None:
@@ -210,7 +249,8 @@ class SQLGenerator:
                 finished(row)
             return results  # type: ignore[return-value]
 
-        self._generate_batched(rows, sampler, batch_size, temp == 0 and self.draft_tokens > 0, finished)
+        self._generate_batched(rows, sampler, batch_size,
+                               temp == 0 and (self.draft_tokens > 0 or constrained), finished)
         self.stats.prompts += len(rows)
         self.stats.prompt_tokens += sum(len(row.prompt) for row in rows)
         return results  # type: ignore[return-value]
@@ -263,9 +303,36 @@ class SQLGenerator:
         """One prompt through mlx_lm's ``generate_step`` (models with non-standard caches)."""
         from mlx_lm.generate import generate_step
 
+        processors = [self._constraint_processor(row)] if row.constraint is not None else None
         for tok, _ in generate_step(mx.array(row.prompt), self.model, max_tokens=row.max_tokens,
-                                    sampler=sampler):
+                                    sampler=sampler, logits_processors=processors):
             if row.add(int(tok)):
                 break
         row.t_end = time.perf_counter()
         row.finish_reason = row.finish_reason or "length"
+
+    def _constraint_processor(self, row: _Row):
+        """A logits processor for mlx_lm's ``generate_step`` that leaves only the token the
+        row's constraint chooses (:func:`.decode.constrain`): the tokens generated since the
+        last call are read from ``tokens`` first."""
+        from .decode import allowed, constrain
+
+        n_prompt = len(row.prompt)
+        seen = [0]
+
+        def process(tokens: mx.array, logits: mx.array) -> mx.array:
+            new = tokens.tolist()[n_prompt + seen[0]:]
+            for t in new:
+                if row.constraint is not None:
+                    row.cstate = allowed(self, row, int(t)) or row.cstate
+            seen[0] += len(new)
+            if row.constraint is None:
+                return logits
+            first = int(mx.argmax(logits[0]).item())
+            state = row.cstate
+            choice = constrain(self, row, first, logits[0])
+            row.cstate = state  # advanced when the token comes back in ``tokens``
+            mask = mx.full(logits.shape, -float("inf"), dtype=logits.dtype)
+            return mx.where(mx.arange(logits.shape[-1]) == choice, logits, mask)
+
+        return process

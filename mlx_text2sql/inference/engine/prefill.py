@@ -125,15 +125,24 @@ def prefill_block(gen, rows: list[_Row], starts: list[tuple[_Prefix | None, int]
         # always real) goes through the output projection.
         backbone, head = gen._split
         batch.begin(W, pad)
-        y = sample(head(backbone(block, cache=caches)[:, -1:, :]), sampler)
+        logits = head(backbone(block, cache=caches)[:, -1:, :])
         batch.end()
-        return _Active(batch, caches, list(rows), y)
+        return _first(rows, batch, caches, logits, sampler)
     if W > 1:
         batch.begin(W - 1, pad)
         gen.model(block[:, :-1], cache=caches)
         batch.end()
         mx.eval([c.state for c in caches])
     batch.begin(1)  # every row's last prompt token is real
-    y = sample(gen.model(block[:, -1:], cache=caches), sampler)
+    logits = gen.model(block[:, -1:], cache=caches)
     batch.end()
-    return _Active(batch, caches, list(rows), y)
+    return _first(rows, batch, caches, logits, sampler)
+
+
+def _first(rows: list[_Row], batch, caches, logits: mx.array, sampler) -> _Active:
+    """The batch of prefilled rows, their first tokens queued, with the logits behind them
+    (a constrained row's decoder reads them; the decoding loop drops them once it has the
+    tokens)."""
+    active = _Active(batch, caches, list(rows), sample(logits, sampler))
+    active.first_logits = logits[:, -1, :]
+    return active

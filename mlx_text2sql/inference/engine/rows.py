@@ -76,6 +76,8 @@ class _Row:
         self.t_start = 0.0
         self.t_end = 0.0
         self.lookup: _Lookup | None = None  # set for speculative decoding
+        self.constraint = None  # a NameConstraint (mlx_text2sql.sql.constrain), or None
+        self.cstate = None  # the constraint's state after the tokens added so far
 
     def add(self, token: int) -> bool:
         """Take one generated token; returns True when the row is finished."""
@@ -132,6 +134,8 @@ class _Active:
         self.caches = caches
         self.rows = rows
         self.y = y  # (B,) the token each row takes next, not yet added to the rows
+        self.first_logits: mx.array | None = None  # (B, V) after a prefill: the logits of y
+        self.step_logits: mx.array | None = None  # (B, W, V) of a draft-verifying step
 
     @property
     def size(self) -> int:
@@ -152,5 +156,7 @@ class _Active:
         for c, o in zip(self.caches, other.caches):
             c.extend(o, pads, self.batch.width)
         self.y = mx.concatenate([self.y, other.y])
+        self.first_logits = (mx.concatenate([self.first_logits, other.first_logits])
+                             if self.first_logits is not None and other.first_logits is not None else None)
         self.rows += other.rows
         return self

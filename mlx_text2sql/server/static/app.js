@@ -180,6 +180,7 @@ async function ask(event) {
       execute: $("opt-execute").checked,
       fix_values: $("opt-fix").checked,
       fix_names: $("opt-fix-names").checked,
+      constrain_names: $("opt-constrain-names").checked,
       exec_guided: parseInt($("opt-guided").value, 10) || 0,
       max_rows: parseInt($("opt-rows").value, 10) || 100,
     });

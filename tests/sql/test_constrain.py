@@ -1,0 +1,172 @@
+"""The name constraint of schema-constrained decoding: which reply texts stay viable queries
+over a database's names, fed in pieces as a decoder would feed tokens."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from mlx_text2sql.sql.constrain import NameConstraint, schema_names
+
+SCHEMA = {"singer": ["Singer_ID", "Name", "Age", "Country"],
+          "concert": ["concert_id", "concert_name", "Singer_ID", "Year"]}
+
+
+def feed(c: NameConstraint, text: str, pieces: int = 1):
+    """Feed ``text`` ``pieces`` characters at a time; the index where it stopped being
+    viable (or None) and whether it may end there."""
+    s = c.start()
+    for i in range(0, len(text), pieces):
+        nxt = c.step(s, text[i: i + pieces])
+        if nxt is None:
+            return i, False
+        s = nxt
+    return None, c.can_end(s)
+
+
+@pytest.fixture
+def c():
+    return NameConstraint(SCHEMA)
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT name FROM singer",
+    "SELECT T1.Name , count(*) FROM singer AS T1 JOIN concert AS T2 ON T1.singer_id = T2.singer_id "
+    "GROUP BY T1.singer_id ORDER BY count(*) DESC LIMIT 1",
+    "SELECT name FROM singer WHERE country = 'Not a Column' AND age > 3.5",
+    "SELECT count(*) AS cnt FROM singer ORDER BY cnt DESC",
+    "SELECT s.name FROM singer s WHERE s.age > 20",
+    "SELECT name FROM singer WHERE age > (SELECT avg(age) FROM singer)",
+    "SELECT name FROM singer INTERSECT SELECT concert_name FROM concert",
+    'SELECT "whatever is quoted" FROM singer',
+    "select NAME from SINGER",
+    "WITH x AS (SELECT name FROM singer) SELECT name FROM x",
+    "SELECT name FROM singer , concert WHERE singer.singer_id = concert.singer_id",
+    "SELECT DISTINCT T2.year FROM singer AS T1 JOIN concert AS T2 ON T1.singer_id = T2.singer_id",
+])
+def test_queries_over_the_schema_stay_viable(c, sql):
+    assert feed(c, sql) == (None, True)
+    assert feed(c, sql, pieces=3) == (None, True)
+
+
+@pytest.mark.parametrize("sql, stop", [
+    ("SELECT artist_name FROM singer", "SELECT ar"),  # no allowed word starts "ar"
+    ("SELECT name FROM singers", "SELECT name FROM singers"),  # a table: "singer" only
+    ("SELECT name FROM singer_id", "SELECT name FROM singer_"),  # a column is no table
+    ("SELECT T1.year FROM singer AS T1", None),  # T1 is defined after it is used: any column
+    ("SELECT name FROM singer AS T1 WHERE T1.year = 1", "SELECT name FROM singer AS T1 WHERE T1.y"),
+    ("SELECT T2.name FROM singer AS T1 JOIN concert AS T2 ON T2.concert_name = T1.name WHERE T2.name = 'x'",
+     "SELECT T2.name FROM singer AS T1 JOIN concert AS T2 ON T2.concert_name = T1.name WHERE T2.n"),
+    ("SELECT count(*) FROM singer GROUP BY nation", "SELECT count(*) FROM singer GROUP BY nati"),  # "nat": NATURAL
+])
+def test_names_the_database_lacks_are_refused_where_they_start_to_differ(c, sql, stop):
+    at, _ = feed(c, sql)
+    if stop is None:
+        assert at is None
+    else:
+        assert at is not None and sql[: at + 1] == stop
+
+
+def test_an_unfinished_name_cannot_end_the_reply(c):
+    assert feed(c, "SELECT nam") == (None, False)
+    assert feed(c, "SELECT name") == (None, True)
+    assert feed(c, "SELECT name FROM sing") == (None, False)
+
+
+def test_aliases_belong_to_their_select(c):
+    # Inside the subquery T1 is not yet defined: its columns are any table's.
+    sql = "SELECT T1.name FROM singer AS T1 WHERE T1.singer_id IN (SELECT T1.year FROM concert AS T1)"
+    assert feed(c, sql) == (None, True)
+    # Back outside, T1 is singer again: singer has no year.
+    bad = "SELECT T1.name FROM singer AS T1 WHERE T1.age IN (SELECT age FROM singer) AND T1.year = 1"
+    at, _ = feed(c, bad)
+    assert bad[: at + 1].endswith("T1.y")
+
+
+def test_text_before_the_query_and_after_its_end_is_free(c):
+    assert feed(c, "Here it is: SELECT name FROM singer; and the nonsense words after") == (None, True)
+    assert feed(c, "```sql\nSELECT name FROM singer\n```") == (None, True)
+    assert feed(c, "I have no idea") == (None, True)
+
+
+def test_start_in_query_checks_from_the_first_character():
+    c = NameConstraint(SCHEMA, start_in_query=True)
+    assert feed(c, "name FROM singer") == (None, True)
+    assert feed(c, "nonsense")[0] == 2  # "no" begins NO, NOT...; no allowed word begins "non"
+
+
+def test_a_refused_piece_leaves_the_state_usable(c):
+    s = c.start()
+    for piece in ["SELECT", " name", " FROM", " sing"]:
+        s = c.step(s, piece)
+    assert c.step(s, "ers") is None
+    s = c.step(s, "er")
+    assert s is not None and c.can_end(s)
+
+
+def test_schema_names_from_a_file_and_from_text(tmp_path):
+    db = tmp_path / "d.sqlite"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE singer (singer_id INT, name TEXT)")
+    conn.commit()
+    conn.close()
+    assert schema_names(db=db) == {"singer": ["singer_id", "name"]}
+    assert schema_names(schema='CREATE TABLE "head" ("id" INT, "born state" TEXT);') == {"head": ["id", "born state"]}
+    assert schema_names(schema="not sql") == {}
+    assert schema_names() == {}
+
+
+WORDS = ["SELECT", "FROM", "WHERE", "name", "age", "singer", "concert", "T1", ".", ",", " ", "(", ")",
+         "'x y'", "=", "artist", "year", "AS", "JOIN", "ON", "count", "*", "3"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(WORDS), max_size=25), st.integers(1, 5))
+def test_pieces_do_not_change_the_decision(words, size):
+    """Feeding a text character by character or in pieces of any size decides the same."""
+    c = NameConstraint(SCHEMA)
+    text = " ".join(words)
+    one = feed(c, text, 1)
+    many = feed(c, text, size)
+    assert (one[0] is None) == (many[0] is None)
+    if one[0] is None:
+        assert one[1] == many[1]
+    else:  # refused within the same piece
+        assert one[0] // size == many[0] // size
+
+
+@pytest.mark.parametrize("sql, stop", [
+    # A table name alone is no column: only before a "." (SELECT singer.name).
+    ("SELECT singer FROM singer", "SELECT singer "),
+    # A qualifier is a table, an alias, T1-style, or a table's shorthand (s, c, sg...): not H.
+    ("SELECT H.name FROM singer", "SELECT H."),
+    # Once a SELECT's FROM clause is read, a qualifier is one of its tables or aliases.
+    ("SELECT name FROM singer AS T1 WHERE T2.age > 3", "SELECT name FROM singer AS T1 WHERE T2."),
+    ("SELECT name FROM singer WHERE concert.year > 3", "SELECT name FROM singer WHERE concert."),
+    # A quoted qualifier is read as one: concert has no column starting "a".
+    ('SELECT "concert".age FROM concert', 'SELECT "concert".a'),
+    # A shorthand qualifier defined later is taken as the one table it abbreviates.
+    ("SELECT si.year FROM singer AS si", "SELECT si.y"),
+])
+def test_names_out_of_place_are_refused(c, sql, stop):
+    at, _ = feed(c, sql)
+    assert at is not None and sql[: at + 1] == stop
+
+
+@pytest.mark.parametrize("sql", [
+    # An unqualified column may be any table's: name repair joins the table that has it.
+    "SELECT age FROM concert",
+    "SELECT name FROM concert WHERE age > 3",
+    "SELECT singer.name FROM singer",
+    "SELECT si.name FROM singer AS si",
+    # A subquery sees the columns of the SELECT around it (a correlated reference).
+    "SELECT name FROM singer WHERE 1 < (SELECT count(*) FROM concert WHERE concert.singer_id = singer_id AND age > 1)",
+    "SELECT t.name FROM (SELECT name FROM singer) AS t WHERE name = 'y'",
+    # A quoted table is a source of its FROM clause like a bare one.
+    'SELECT name FROM singer JOIN "concert" ON singer.singer_id = "concert".singer_id WHERE year > 1',
+    'SELECT T2.year FROM singer AS T1 JOIN [concert] AS T2 ON T1.singer_id = T2.singer_id',
+])
+def test_names_in_place_are_allowed(c, sql):
+    assert feed(c, sql) == (None, True)
