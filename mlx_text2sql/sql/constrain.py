@@ -59,6 +59,7 @@ _AFTER_FROM = frozenset("where group order having limit on using union intersect
 _ALIAS_PREFIX = re.compile(r"t\d*\Z")
 
 _PRE, _SQL, _FREE = 0, 1, 2
+_EVERYWHERE = -1  # the SELECT of a WITH table's name: all of them
 _KEYWORDS = frozenset(k.lower() for k in KEYWORDS)
 
 
@@ -207,7 +208,8 @@ class NameConstraint:
             return self._keyword(s, w)
         if s.prev in ("as", "with") or s.last_table:  # an alias (or a WITH table) being defined
             table = s.last_table if s.last_table else ""
-            return replace(s, prev=w, last_table="", aliases=s.aliases + ((w, table, s.scopes[-1]),))
+            scope = _EVERYWHERE if s.prev == "with" else s.scopes[-1]  # a WITH table is seen everywhere
+            return replace(s, prev=w, last_table="", aliases=s.aliases + ((w, table, scope),))
         if any(a == w for a, _, _ in s.aliases):
             return replace(s, prev=w, last_table="")
         if _contains(self._plain_words, w):
@@ -233,7 +235,7 @@ class NameConstraint:
         read it may also be a ``T1``-style alias or a shorthand of a table (a prefix of its
         name, or its initials: ``ab`` for apartment_bookings) that the clause will define; once
         it has, only the clause's tables and aliases (and those of the SELECTs around it)."""
-        open_scopes = set(s.scopes)
+        open_scopes = set(s.scopes) | {_EVERYWHERE}
         if any(a == w and sc in open_scopes for a, _, sc in s.aliases):
             return True
         sources = self._sources(s)
