@@ -131,15 +131,17 @@ class Predictor:
         return answers
 
     def constraint(self, p: Prepared):
-        """The :class:`~mlx_text2sql.sql.constrain.NameConstraint` of a question's database or
-        schema text (one per database or schema, kept across calls); None when it has no
-        tables to read."""
+        """The :class:`~mlx_text2sql.sql.constrain.NameConstraint` of a question's database
+        (with its declared foreign keys) or schema text (one per database or schema, kept
+        across calls); None when it has no tables to read."""
+        from ..name_repair import read_foreign_keys
         from ..sql.constrain import NameConstraint, schema_names
 
         key = ("db", os.path.abspath(p.db)) if p.db is not None else ("schema", p.schema)
         if key not in self._constraints:
             names = schema_names(db=p.db, schema=p.schema)
-            self._constraints[key] = NameConstraint(names) if names else None
+            keys = read_foreign_keys(p.db) if p.db is not None and names else []
+            self._constraints[key] = NameConstraint(names, keys=keys) if names else None
         return self._constraints[key]
 
     def _finish(self, prepared, results, options: AskOptions, guided_progress, guided_announce) -> list[Answer]:

@@ -20,6 +20,9 @@ pure and cheap, one piece of text at a time) with SQLite's lexical rules:
   also a ``T1``-style alias or a shorthand of a table (a prefix, or its initials), which that
   clause may define; the word after the dot is a column of the qualifier's table when it is
   known (an alias of this SELECT, a table, the one table a shorthand abbreviates), else of any;
+- in a join's ``ON`` condition, when the database declares foreign keys (``keys``), the left
+  column is one a key links to the table the JOIN adds (or, when it is that table's, to a table
+  before it), and the right column one a key links to the left column, where such columns exist;
 - any other word is a keyword (:data:`~mlx_text2sql.sql.lexer.KEYWORDS`), a function
   (:data:`FUNCTIONS`), an alias, or a column of some table (not only of the tables the query
   reads: name repair joins the table that has it); a table name alone is none of these;
@@ -84,6 +87,8 @@ class State:
     next_scope: int = 1
     aliases: tuple[tuple[str, str, int], ...] = ()  # (alias, its table or "", its SELECT)
     from_tables: tuple[tuple[str, int], ...] = ()  # (table or "" for another source, its SELECT)
+    on: int = 0  # in a join's ON condition: 1 before its left column, 2 after it, 3 after "=", 4 past
+    on_left: tuple[str, str] | None = None  # (table, column) of the condition's left side
 
 
 class NameConstraint:
@@ -91,7 +96,8 @@ class NameConstraint:
     :func:`mlx_text2sql.name_repair.read_schema` reads it); ``start_in_query`` checks from the
     first character instead of from the first ``SELECT`` / ``WITH``."""
 
-    def __init__(self, schema: Mapping[str, Sequence[str]], *, start_in_query: bool = False):
+    def __init__(self, schema: Mapping[str, Sequence[str]], *, start_in_query: bool = False,
+                 keys: Sequence[tuple[str, str, str, str]] = ()):
         self.tables = {t.lower(): sorted({c.lower() for c in cols}) for t, cols in schema.items()}
         self.columns = sorted({c for cols in self.tables.values() for c in cols})
         self._table_list = sorted(self.tables)
@@ -101,6 +107,12 @@ class NameConstraint:
         for t in self.tables:
             self._initials.setdefault("".join(p[0] for p in t.split("_") if p), set()).add(t)
         self.start_in_query = start_in_query
+        # Declared foreign keys, both ways: (table, column) -> {(table, column)}.
+        self.partners: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        for t, c, rt, rc in keys:
+            a, b = (t.lower(), c.lower()), (rt.lower(), rc.lower())
+            self.partners.setdefault(a, set()).add(b)
+            self.partners.setdefault(b, set()).add(a)
 
     def start(self) -> State:
         """The state before the reply's first character."""
@@ -160,8 +172,11 @@ class NameConstraint:
         if ch == "." and s.quoted is not None:  # "table".column
             return replace(s, qualifier=s.quoted, quoted=None, prev=ch)
         table_position = s.expect_table
+        on = s.on
+        if on in (2, 3):
+            on = 3 if ch == "=" and on == 2 else 4
         s = replace(s, qualifier=None, prev=ch, last_table="", quoted=None,
-                    expect_table=ch == "," and s.in_from)
+                    expect_table=ch == "," and s.in_from, on=on)
         if ch in "'\"`[":
             return replace(s, quote="]" if ch == "[" else ch, quote_table=table_position and ch != "'")
         if ch == ";":
@@ -203,7 +218,15 @@ class NameConstraint:
         if s.qualifier is not None:
             if w not in self._columns_after(s, s.qualifier):
                 return None
-            return replace(s, qualifier=None, prev=w, last_table="")
+            on, left = s.on, s.on_left
+            if on == 1:
+                table = self._table_of(s, s.qualifier)
+                on, left = 2, (table, w) if table is not None else None
+            elif on:
+                on = 4
+            return replace(s, qualifier=None, prev=w, last_table="", on=on, on_left=left)
+        if s.on and w not in _KEYWORDS:
+            s = replace(s, on=4)
         if w in _KEYWORDS:
             return self._keyword(s, w)
         if s.prev in ("as", "with") or s.last_table:  # an alias (or a WITH table) being defined
@@ -227,8 +250,9 @@ class NameConstraint:
             next_scope += 1
         # "t AS x": the table stays known across AS, for the alias after it.
         last_table = s.last_table if w == "as" else ""
+        on = 1 if w == "on" else 0  # (after AND in an ON clause: any condition)
         return replace(s, prev=w, last_table=last_table, in_from=in_from, scopes=scopes,
-                       next_scope=next_scope, expect_table=w in ("from", "join"))
+                       next_scope=next_scope, expect_table=w in ("from", "join"), on=on, on_left=None)
 
     def _qualifier_ok(self, s: State, w: str) -> bool:
         """A word before "." names a table or an alias. Until the SELECT's FROM clause has been
@@ -268,8 +292,25 @@ class NameConstraint:
         return next(iter(short)) if len(short) == 1 else None
 
     def _columns_after(self, s: State, qualifier: str) -> Sequence[str]:
+        """The columns allowed after ``qualifier.``: its table's (any table's when it is not
+        known); in a join's ON condition, when the database declares foreign keys, only the
+        columns a key links: on the left, to the table the JOIN adds (or, for that table's own
+        columns, to the tables before it); on the right, to the left column."""
         table = self._table_of(s, qualifier)
-        return self.tables[table] if table is not None else self.columns
+        if table is None:
+            return self.columns
+        cols = self.tables[table]
+        if self.partners and s.on == 3 and s.on_left is not None:
+            linked = sorted({c for t, c in self.partners.get(s.on_left, ()) if t == table})
+            return linked or cols
+        if self.partners and s.on == 1:
+            scope = s.scopes[-1]
+            here = [t for t, sc in s.from_tables if sc == scope]
+            if here and all(here):
+                other = {here[-1]} if table != here[-1] else set(here[:-1])
+                linked = sorted({c for c in cols if any(t in other for t, _ in self.partners.get((table, c), ()))})
+                return linked or cols
+        return cols
 
     def _viable_prefix(self, s: State) -> bool:
         """Whether the unfinished word can still become an allowed one."""

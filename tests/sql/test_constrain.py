@@ -210,3 +210,33 @@ def test_gold_and_running_queries_are_never_refused(tmp_path):
     for sql in gold + RUNNING:
         assert feed(c, sql) == (None, True), sql
         assert feed(c, sql, pieces=4) == (None, True), sql
+
+
+KEYS = [("concert", "singer_id", "singer", "singer_id")]
+SCHEMA_IDS = {"singer": ["singer_id", "name", "id"], "concert": ["concert_id", "singer_id", "id", "year"]}
+
+
+@pytest.mark.parametrize("sql, stop", [
+    # The right side of a join condition is a column the left one is linked to by a key...
+    ("SELECT T1.name FROM singer AS T1 JOIN concert AS T2 ON T1.singer_id = T2.id",
+     "SELECT T1.name FROM singer AS T1 JOIN concert AS T2 ON T1.singer_id = T2.i"),
+    # ... and the left side a column linked to the table the JOIN adds.
+    ("SELECT T1.name FROM singer AS T1 JOIN concert AS T2 ON T1.id = T2.singer_id",
+     "SELECT T1.name FROM singer AS T1 JOIN concert AS T2 ON T1.i"),
+    ("SELECT T1.name FROM singer AS T1 JOIN concert AS T2 ON T2.concert_id = T1.singer_id",
+     "SELECT T1.name FROM singer AS T1 JOIN concert AS T2 ON T2.c"),
+])
+def test_join_conditions_follow_declared_keys(sql, stop):
+    c = NameConstraint(SCHEMA_IDS, keys=KEYS)
+    at, _ = feed(c, sql)
+    assert at is not None and sql[: at + 1] == stop
+    assert feed(NameConstraint(SCHEMA_IDS), sql) == (None, True)  # without keys: any column
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT T1.name FROM singer AS T1 JOIN concert AS T2 ON T1.singer_id = T2.singer_id WHERE T2.id = 1",
+    "SELECT T1.name FROM singer AS T1 JOIN concert AS T2 ON T2.singer_id = T1.singer_id AND T2.year > 2000",
+    "SELECT singer.name FROM singer JOIN concert ON singer.singer_id = concert.singer_id",
+])
+def test_joins_on_keys_are_allowed(sql):
+    assert feed(NameConstraint(SCHEMA_IDS, keys=KEYS), sql) == (None, True)
