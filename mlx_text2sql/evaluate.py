@@ -263,9 +263,14 @@ def run_model(records, base_dir, *, load: dict, options: AskOptions, label: str,
     bar.close()
     if sample_bar is not None:
         sample_bar.close()
+    speed = _speed(outs, wall)
+    if speed is not None and options.constrain_names:
+        stats = t2s.generator.stats
+        speed["constrained_tokens"] = stats.constrained_tokens
+        speed["constraints_dropped"] = stats.constraints_dropped
     t2s.close()
     del t2s
-    return results, _speed(outs, wall)
+    return results, speed
 
 
 def _log_loaded(msg: str) -> None:
@@ -343,6 +348,10 @@ def _report(label: str, summary: dict, speed: dict | None) -> str:
             f"speed: {speed['queries_per_s']:.2f} queries/s, {speed['generated_tokens_per_s']:.1f} generated tokens/s, "
             f"mean latency {speed['mean_latency_s']:.2f}s per query (batched), "
             f"{speed['truncated_replies']} replies hit --max-tokens")
+    if speed and "constrained_tokens" in speed:
+        lines.append(f"constrained decoding: {speed['constrained_tokens']} tokens chosen over the model's first "
+                     f"choice; {speed['constraints_dropped']} replies decoded freely from a step where none of "
+                     "the likely tokens was allowed")
     return "\n".join(lines)
 
 

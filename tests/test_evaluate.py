@@ -206,3 +206,43 @@ def test_an_interrupted_run_keeps_its_results_and_resume_generates_only_the_rest
 def test_resume_needs_output(dataset, capsys):
     assert evaluate.main(["--data", str(dataset), "--gold", "--resume"]) == 2
     assert "--resume needs --output" in capsys.readouterr().err
+
+
+def test_constrain_names_decodes_over_each_record_s_database(tmp_path, capsys, monkeypatch):
+    """The model writes SUM(goals); the database has points. Constrained, no reply names goals,
+    and the report says how many tokens the constraint chose. (The tiny model's logits beyond
+    its reply are random, so the constraint looks through the whole vocabulary here.)"""
+    import sys
+    from pathlib import Path
+
+    from mlx_text2sql.engine import SQLGenerator
+
+    init = SQLGenerator.__init__
+
+    def whole_vocabulary(self, *a, **kw):
+        init(self, *a, **kw)
+        self.constraint_top_k = 10**6
+
+    monkeypatch.setattr(SQLGenerator, "__init__", whole_vocabulary)
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tinymodels import make_programmed_model
+
+    model = make_programmed_model(tmp_path / "m", "SELECT SUM(goals) FROM players", "chatml")
+    _db(tmp_path / "db.sqlite")
+    recs = [_record(i, f"what is the total of points, take {i}?", 'SELECT SUM("points") FROM "players"')
+            for i in range(3)]
+    data = tmp_path / "test.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = tmp_path / "pred.jsonl"
+    argv = ["--data", str(data), "--model", str(model), "--max-tokens", "16", "--output", str(out), "--quiet"]
+    assert evaluate.main(argv) == 0
+    free = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(r["reply"] == "SELECT SUM(goals) FROM players" for r in free)
+    assert "constrained decoding" not in capsys.readouterr().out
+    assert evaluate.main(argv + ["--constrain-names"]) == 0
+    report = capsys.readouterr().out
+    bound = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(r["reply"].startswith("SELECT SUM(") and "goals" not in r["reply"] for r in bound)
+    changed = int(report.split("constrained decoding: ")[1].split(" tokens")[0])
+    assert changed >= 3 and "; 0 replies decoded freely" in report  # at least one token per reply
