@@ -64,6 +64,11 @@ def add_refine_options(p, *, fix_values_help: str, exec_guided_help: str) -> Non
                    help="schema-constrained greedy decoding (mlx_text2sql/sql/constrain.py): at each step "
                         "the model's most likely token that keeps every table and column name of the query "
                         "one the database has, so a name it lacks is never written (greedy only)")
+    p.add_argument("--constrained-retry", action="store_true",
+                   help="a greedy query that raises an error on the database (after repair) is decoded once "
+                        "more under the name constraint of --constrain-names, repaired, and replaced by that "
+                        "query when it runs (mlx_text2sql/guided.py); not with --constrain-names, --vote or "
+                        "--exec-guided")
     p.add_argument("--exec-guided", type=int, default=0, metavar="N",
                    help="execution-guided decoding (mlx_text2sql/guided.py): a greedy query that fails on "
                         "the database (an error, or no rows) is replaced by the result most of N sampled "
@@ -109,7 +114,8 @@ def ask_options(args: argparse.Namespace, **overrides) -> AskOptions:
     """The :class:`~mlx_text2sql.api.AskOptions` the generation and refinement flags give."""
     kw = dict(max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p, seed=args.seed,
               batch_size=args.batch_size, fix_values=args.fix_values, fix_names=args.fix_names,
-              constrain_names=args.constrain_names, exec_guided=args.exec_guided, vote=args.vote,
+              constrain_names=args.constrain_names, constrained_retry=args.constrained_retry,
+              exec_guided=args.exec_guided, vote=args.vote,
               guided_temp=args.guided_temp, guided_top_p=args.guided_top_p, timeout_s=args.timeout)
     kw.update(overrides)
     return AskOptions(**kw)

@@ -240,7 +240,8 @@ def run_model(records, base_dir, *, load: dict, options: AskOptions, label: str,
     # known only once a chunk's greedy queries have been run.
     sample_bar = None
     if options.guided_samples:
-        what = "voting samples" if options.vote else "sampling for failed queries"
+        what = ("voting samples" if options.vote else "constrained retries" if options.constrained_retry
+                else "sampling for failed queries")
         sample_bar = tqdm(total=0, desc=f"{label}: {what}", unit="reply",
                           disable=quiet, file=sys.stderr)
     chunk = max(64, 4 * options.batch_size)
@@ -264,7 +265,7 @@ def run_model(records, base_dir, *, load: dict, options: AskOptions, label: str,
     if sample_bar is not None:
         sample_bar.close()
     speed = _speed(outs, wall)
-    if speed is not None and options.constrain_names:
+    if speed is not None and (options.constrain_names or options.constrained_retry):
         stats = t2s.generator.stats
         speed["constrained_tokens"] = stats.constrained_tokens
         speed["constraints_dropped"] = stats.constraints_dropped
@@ -337,6 +338,11 @@ def _report(label: str, summary: dict, speed: dict | None) -> str:
                      f"result); {guided['changed']} answers changed ({guided['gained']} now match, "
                      f"{guided['lost']} no longer do); execution accuracy without it "
                      f"{100 * guided['execution_accuracy_greedy']:.1f}%")
+    elif guided and guided.get("mode") == "constrained":
+        lines.append(f"constrained retry: {guided['retried']} greedy queries raised an error on the database and "
+                     f"were decoded again under the name constraint; {guided['changed']} replaced by the "
+                     f"constrained query ({guided['gained']} now match, {guided['lost']} no longer do); execution "
+                     f"accuracy without it {100 * guided['execution_accuracy_greedy']:.1f}%")
     elif guided:
         lines.append(f"execution-guided decoding: {guided['retried']} greedy queries failed on the database "
                      f"({guided['error']} errors, {guided['empty']} without rows), "
@@ -356,7 +362,7 @@ def _report(label: str, summary: dict, speed: dict | None) -> str:
 
 
 def _summarize(results: list[dict], fix_values: bool = False, exec_guided: bool = False,
-               vote: bool = False, fix_names: bool = False) -> dict:
+               vote: bool = False, fix_names: bool = False, constrained: bool = False) -> dict:
     """:func:`metrics.summarize`, plus what repair changed (with --fix-values / --fix-names:
     ``value_repair``, both kinds together, and ``name_repair``, the predictions whose names
     changed)."""
@@ -386,7 +392,7 @@ def _summarize(results: list[dict], fix_values: bool = False, exec_guided: bool 
         retried = [r for r in results if r.get("guided")]
         changed = [r for r in results if "match_greedy" in r]
         summary["exec_guided"] = {
-            "mode": "vote" if vote else "failed",
+            "mode": "vote" if vote else "constrained" if constrained else "failed",
             "retried": len(retried),
             **{k: sum(r["guided"]["reason"] == k for r in retried) for k in ("error", "empty")},
             "changed": len(changed),
@@ -413,8 +419,9 @@ def _validate(args) -> None:
     problems += opts.generation_problems(args)
     if (args.exec_guided or args.vote) and args.gold:
         problems.append(f"{'--exec-guided' if args.exec_guided else '--vote'} needs a model: drop --gold")
-    if args.constrain_names and args.gold:
-        problems.append("--constrain-names needs a model: drop --gold")
+    if (args.constrain_names or args.constrained_retry) and args.gold:
+        flag = "--constrain-names" if args.constrain_names else "--constrained-retry"
+        problems.append(f"{flag} needs a model: drop --gold")
     if args.gold and (args.compare_base or args.adapter_path):
         problems.append("--gold scores the data itself: drop --adapter-path / --compare-base")
     if args.replies is not None:
@@ -422,7 +429,8 @@ def _validate(args) -> None:
             problems.append("give --gold or --replies, not both")
         for flag, on in (("--compare-base", args.compare_base), ("--exec-guided", args.exec_guided),
                          ("--vote", args.vote), ("--resume", args.resume),
-                         ("--constrain-names", args.constrain_names)):
+                         ("--constrain-names", args.constrain_names),
+                         ("--constrained-retry", args.constrained_retry)):
             if on:
                 problems.append(f"{flag} needs a model run: --replies scores saved replies")
         if not Path(args.replies).is_file():
@@ -486,7 +494,8 @@ def _model_runs(records, base_dir, *, load: dict, options: AskOptions, compare_b
                 writer, quiet: bool) -> list[tuple[str, dict, dict | None]]:
     """(label, summary, speed) of the base model (with ``compare_base``) and of the model."""
     refined = {"fix_values": options.fix_values, "fix_names": options.fix_names,
-               "exec_guided": bool(options.guided_samples), "vote": bool(options.vote)}
+               "exec_guided": bool(options.guided_samples), "vote": bool(options.vote),
+               "constrained": options.constrained_retry}
     runs = []
     if compare_base:
         results, speed = run_model(records, base_dir, load={**load, "adapter_path": None}, options=options,

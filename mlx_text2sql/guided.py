@@ -25,8 +25,16 @@ an answer like any other and votes with the other empty results; the largest gro
 go to the group holding the greedy query, then to a group with rows, then to the group sampled
 first; the greedy query stays when nothing runs.
 
-Used by ``evaluate --exec-guided N`` / ``--vote N`` (which report the accuracy with and without
-it) and ``generate --db ... --exec-guided N``.
+**A constrained retry** (``mode="constrained"``, ``evaluate --constrained-retry``): a query
+that raises an error on its database (after repair) is decoded once more, greedily, under the
+database's name constraint (:mod:`mlx_text2sql.sql.constrain`), repaired, and replaces the
+first when it runs (an empty result included). Unconstrained decoding with name repair keeps
+what it gets right (repair maps ``album_title`` to ``title``, where a constraint that follows
+the model's ``album_`` would write ``album_id``), and the queries repair cannot mend get the
+model's choice among the names that exist.
+
+Used by ``evaluate --exec-guided N`` / ``--vote N`` / ``--constrained-retry`` (which report
+the accuracy with and without it) and ``generate --db ... --exec-guided N``.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from typing import Any, Sequence
 from .sqlexec import try_execute
 
 REASONS = ("error", "empty")
-MODES = ("failed", "vote")
+MODES = ("failed", "vote", "constrained")
 EMPTY = ("empty",)  # the signature every empty result shares when voting
 
 # A result of only NULLs (an aggregate over no rows, empty cells) is NOT treated as a failure:
@@ -58,6 +66,7 @@ class Item:
     question: str = ""
     case_insensitive: bool = False
     double_quoted_strings: bool | None = None  # None: the executor's default (fallback off)
+    constraint: Any = None  # the database's NameConstraint (mode "constrained")
 
 
 @dataclass
@@ -86,8 +95,8 @@ class Choice:
     def as_json(self) -> dict:
         out = {"reason": self.reason, "changed": self.changed, "samples": self.samples,
                "usable": self.usable, "votes": self.votes}
-        if self.mode == "vote":
-            out["mode"] = "vote"
+        if self.mode != "failed":
+            out["mode"] = self.mode
         return out
 
 
@@ -134,8 +143,10 @@ class ExecutionGuide:
 
     gen:      a :class:`~mlx_text2sql.engine.SQLGenerator`.
     samples:  replies sampled per query re-asked.
-    mode:     "failed" (re-ask only for queries that fail: error or no rows) or "vote"
-              (re-ask for every question and vote, empty results included).
+    mode:     "failed" (re-ask only for queries that fail: error or no rows), "vote"
+              (re-ask for every question and vote, empty results included) or "constrained"
+              (decode a query that raises an error once more, greedily, under its item's
+              name constraint; ``samples``, ``temp`` and ``top_p`` unused).
     temp, top_p, seed, max_tokens, batch_size: the sampling settings.
     repairer: optional :class:`~mlx_text2sql.repair.Repairer` applied to every sample.
     """
@@ -145,10 +156,10 @@ class ExecutionGuide:
                  timeout_s: float = 5.0, repairer=None, mode: str = "failed"):
         if samples < 1:
             raise ValueError("samples must be at least 1")
-        if temp <= 0:
-            raise ValueError("execution-guided decoding samples: temp must be above 0")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if temp <= 0 and mode != "constrained":
+            raise ValueError("execution-guided decoding samples: temp must be above 0")
         self.gen = gen
         self.samples = samples
         self.temp = temp
@@ -175,10 +186,15 @@ class ExecutionGuide:
                                   timeout_s=self.timeout_s, double_quoted_strings=it.double_quoted_strings)
             choices.append(Choice(reason=reason, sql=it.sql))
             greedy_votes[i] = _vote_of(reason, sig, empty_votes=True)
-            if reason is not None or self.mode == "vote":
+            if self.mode == "constrained":
+                if reason == "error" and it.constraint is not None:
+                    retry.append(i)
+            elif reason is not None or self.mode == "vote":
                 retry.append(i)
         if not retry:
             return choices
+        if self.mode == "constrained":
+            return self._retry_constrained(items, choices, retry, progress, announce)
         prompts = [items[i].messages for i in retry for _ in range(self.samples)]
         if announce is not None:
             announce(len(prompts))
@@ -198,6 +214,29 @@ class ExecutionGuide:
                 self._vote(it, c, sqls, greedy_votes[i])
             else:
                 self._replace_failed(it, c, sqls)
+        return choices
+
+    def _retry_constrained(self, items, choices, retry, progress, announce) -> list[Choice]:
+        """Greedy constrained decoding of the retried items, one batched call; a repaired
+        reply that runs replaces the item's query."""
+        if announce is not None:
+            announce(len(retry))
+        got = self.gen.generate([items[i].messages for i in retry], max_tokens=self.max_tokens, temp=0.0,
+                                batch_size=self.batch_size, progress=progress,
+                                constraints=[items[i].constraint for i in retry])
+        self.calls += 1
+        for i, out in zip(retry, got):
+            it, c = items[i], choices[i]
+            sql = out.sql
+            if self.repairer is not None:
+                sql = self.repairer.fix(sql, it.db_path, it.question)[0]
+            c.samples, c.candidates, c.mode = 1, [sql], self.mode
+            reason, _ = verdict(sql, it.db_path, case_insensitive=it.case_insensitive,
+                                timeout_s=self.timeout_s, double_quoted_strings=it.double_quoted_strings)
+            if reason != "error":
+                c.usable = c.votes = 1
+                c.sql = sql
+                c.changed = sql != it.sql
         return choices
 
     def _groups(self, it: Item, sqls: Sequence[str], empty_votes: bool, first: int = 0,

@@ -246,3 +246,31 @@ def test_constrain_names_decodes_over_each_record_s_database(tmp_path, capsys, m
     assert all(r["reply"].startswith("SELECT SUM(") and "goals" not in r["reply"] for r in bound)
     changed = int(report.split("constrained decoding: ")[1].split(" tokens")[0])
     assert changed >= 3 and "; 0 replies decoded freely" in report  # at least one token per reply
+
+
+def test_constrained_retry_redecodes_the_queries_that_fail(tmp_path, capsys):
+    """The greedy SUM(goals) fails on a database without goals; --constrained-retry decodes
+    each again under the name constraint, and the report and the results say so."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tinymodels import make_programmed_model
+
+    model = make_programmed_model(tmp_path / "m", "SELECT SUM(goals) FROM players", "chatml")
+    _db(tmp_path / "db.sqlite")
+    recs = [_record(i, f"what is the total of points, take {i}?", 'SELECT SUM("points") FROM "players"')
+            for i in range(3)]
+    data = tmp_path / "test.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = tmp_path / "pred.jsonl"
+    argv = ["--data", str(data), "--model", str(model), "--max-tokens", "16", "--output", str(out), "--quiet",
+            "--constrained-retry"]
+    assert evaluate.main(argv) == 0
+    report = capsys.readouterr().out
+    assert "constrained retry: 3 greedy queries raised an error on the database" in report
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(r["guided"]["mode"] == "constrained" and r["guided"]["samples"] == 1 for r in rows)
+    assert all(r["guided"]["reason"] == "error" for r in rows)
+    assert evaluate.main(["--data", str(data), "--replies", str(out), "--constrained-retry"]) == 2
+    assert "--constrained-retry needs a model run" in capsys.readouterr().err

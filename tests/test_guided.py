@@ -299,3 +299,39 @@ def test_failed_mode_keeps_losing_right_empty_answers_that_vote_mode_keeps(db):
 def test_unknown_mode_is_refused():
     with pytest.raises(ValueError, match="mode"):
         ExecutionGuide(FakeGen({}), mode="sometimes")
+
+
+def test_constrained_mode_redecodes_only_queries_that_raise_errors(db):
+    """Mode "constrained": one greedy reply under the item's name constraint, only for a query
+    that raises an error (an empty result may be the right answer); it replaces the query
+    when it runs, empty results included, and an item without a constraint is left alone."""
+    from mlx_text2sql.sql.constrain import NameConstraint, schema_names
+
+    constraint = NameConstraint(schema_names(db=db))
+    gen = FakeGen({"fixed": [EMPTY], "still broken": [BROKEN]})
+
+    def item(q, sql, c=constraint):
+        return Item([{"role": "user", "content": q}], sql, str(db), q, constraint=c)
+
+    items = [item("good", GOOD), item("empty", EMPTY), item("fixed", BROKEN), item("still broken", BROKEN),
+             item("no constraint", BROKEN, None)]
+    guide = ExecutionGuide(gen, mode="constrained", temp=0.0, max_tokens=50, batch_size=4)
+    good, empty, fixed, broken, free = guide.refine(items)
+    assert [p[-1]["content"] for p in gen.calls[0][0]] == ["fixed", "still broken"] and len(gen.calls) == 1
+    kw = gen.calls[0][1]
+    assert kw["temp"] == 0.0 and kw["constraints"] == [constraint, constraint] and kw["max_tokens"] == 50
+    assert (good.reason, good.changed, empty.reason, empty.changed) == (None, False, "empty", False)
+    assert (fixed.reason, fixed.sql, fixed.changed, fixed.samples) == ("error", EMPTY, True, 1)
+    assert (broken.sql, broken.changed, broken.candidates) == (BROKEN, False, [BROKEN])
+    assert (free.reason, free.changed, free.samples) == ("error", False, 0)
+    assert fixed.as_json()["mode"] == "constrained"
+
+
+def test_constrained_retry_options():
+    from mlx_text2sql.api import AskOptions
+
+    assert AskOptions(constrained_retry=True).guided_mode == "constrained"
+    assert AskOptions(constrained_retry=True).guided_samples == 1
+    assert AskOptions(constrained_retry=True, guided_temp=0).problems() == []  # nothing is sampled
+    assert "choose one" in AskOptions(constrained_retry=True, vote=2).problems()[0]
+    assert "not with constrain_names" in AskOptions(constrained_retry=True, constrain_names=True).problems()[0]

@@ -32,6 +32,9 @@ class AskOptions:
     constrain_names: schema-constrained greedy decoding (:mod:`mlx_text2sql.sql.constrain`):
                    every table and column name the query writes is one its database (or
                    schema) has, the model's most likely choice among them; greedy only.
+    constrained_retry: a greedy query that raises an error on its database (after repair) is
+                   decoded once more under the name constraint (as ``constrain_names``),
+                   repaired, and replaced by that query when it runs (:mod:`mlx_text2sql.guided`).
     exec_guided:   N: a query that fails on the database (an error, or no rows) is replaced by
                    the result most of N sampled replies agree on (:mod:`mlx_text2sql.guided`); 0: off.
     vote:          N: self-consistency voting on every question: the greedy query and N sampled
@@ -55,6 +58,7 @@ class AskOptions:
     fix_values: bool = False
     fix_names: bool = False
     constrain_names: bool = False
+    constrained_retry: bool = False
     exec_guided: int = 0
     vote: int = 0
     guided_temp: float = 0.7
@@ -66,13 +70,14 @@ class AskOptions:
 
     @property
     def guided_samples(self) -> int:
-        """Replies sampled per re-asked question (``vote`` or ``exec_guided``; 0: none)."""
-        return self.vote or self.exec_guided
+        """Replies decoded per re-asked question (``vote`` or ``exec_guided`` samples, 1 for
+        ``constrained_retry``; 0: none)."""
+        return self.vote or self.exec_guided or int(self.constrained_retry)
 
     @property
     def guided_mode(self) -> str:
-        """:class:`~mlx_text2sql.guided.ExecutionGuide`'s mode: "vote" or "failed"."""
-        return "vote" if self.vote else "failed"
+        """:class:`~mlx_text2sql.guided.ExecutionGuide`'s mode: "vote", "constrained" or "failed"."""
+        return "vote" if self.vote else "constrained" if self.constrained_retry else "failed"
 
     def problems(self) -> list[str]:
         """Every invalid setting, as messages naming the field and the range it needs."""
@@ -91,15 +96,19 @@ class AskOptions:
             out.append("batch_size must be at least 1")
         if self.constrain_names and self.temp != 0:
             out.append("constrain_names needs greedy decoding (temp 0)")
+        if self.constrained_retry and (self.vote or self.exec_guided):
+            out.append("constrained_retry, vote and exec_guided are three ways to re-ask: choose one")
+        if self.constrained_retry and self.constrain_names:
+            out.append("constrained_retry re-decodes what unconstrained decoding got wrong: not with constrain_names")
         if self.exec_guided < 0:
             out.append("exec_guided must be 0 (off) or a number of samples")
         if self.vote < 0:
             out.append("vote must be 0 (off) or a number of samples")
         if self.vote and self.exec_guided:
             out.append("vote and exec_guided are two ways to use samples: choose one")
-        if self.guided_samples and self.guided_temp <= 0:
+        if (self.vote or self.exec_guided) and self.guided_temp <= 0:
             out.append("guided_temp must be above 0 (the alternatives are sampled)")
-        if self.guided_samples and not 0 < self.guided_top_p <= 1:
+        if (self.vote or self.exec_guided) and not 0 < self.guided_top_p <= 1:
             out.append("guided_top_p must be in (0, 1]")
         if self.sample_rows is not None and self.sample_rows < 0:
             out.append("sample_rows must be 0 or more")

@@ -167,7 +167,9 @@ class Predictor:
 
         items = [Item(p.messages, sql or "", str(p.db) if p.db is not None else None, p.question.question,
                       case_insensitive=p.question.case_insensitive,
-                      double_quoted_strings=p.question.double_quoted_strings) for p, sql in zip(prepared, sqls)]
+                      double_quoted_strings=p.question.double_quoted_strings,
+                      constraint=self.constraint(p) if options.constrained_retry else None)
+                 for p, sql in zip(prepared, sqls)]
         t = time.perf_counter()
         choices = self.refiner.refine(options, items, progress=progress, announce=announce)
         spent = time.perf_counter() - t

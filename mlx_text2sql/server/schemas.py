@@ -29,6 +29,8 @@ class SQLRequest(_Strict):
     fix_names: bool = Field(False, description="name repair of tables and columns the database does not have")
     constrain_names: bool = Field(False, description="schema-constrained decoding: only names the database has "
                                                      "(greedy: temperature 0)")
+    constrained_retry: bool = Field(False, description="a query that raises an error is decoded again under the "
+                                                       "name constraint")
     exec_guided: int = Field(0, ge=0, description="execution-guided decoding: samples voted on (0: off)")
     select_schema: bool | None = Field(None, description="show only the tables the question is about (None: auto)")
     tables: list[str] | None = Field(None, description="the tables to show ([]: all; default: by select_schema)")

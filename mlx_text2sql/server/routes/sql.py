@@ -85,6 +85,7 @@ def _ask_options(req: S.SQLRequest, ctx: ServerContext):
                       timeout_s=limits.execute_timeout_s, max_tokens=req.max_tokens or limits.default_max_tokens,
                       temp=req.temperature, top_p=req.top_p, seed=req.seed, fix_values=req.fix_values,
                       fix_names=req.fix_names, constrain_names=req.constrain_names,
+                      constrained_retry=req.constrained_retry,
                       exec_guided=req.exec_guided, value_hints=req.value_hints,
                       select_schema=req.select_schema, sample_rows=req.sample_rows,
                       batch_size=limits.max_batch)
