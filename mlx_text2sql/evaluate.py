@@ -417,20 +417,16 @@ def _validate(args) -> None:
     if args.sample is not None and args.limit is not None:
         problems.append("give --limit or --sample, not both")
     problems += opts.generation_problems(args)
-    if (args.exec_guided or args.vote) and args.gold:
-        problems.append(f"{'--exec-guided' if args.exec_guided else '--vote'} needs a model: drop --gold")
-    if (args.constrain_names or args.constrained_retry) and args.gold:
-        flag = "--constrain-names" if args.constrain_names else "--constrained-retry"
-        problems.append(f"{flag} needs a model: drop --gold")
+    decoding = (("--exec-guided", args.exec_guided), ("--vote", args.vote),
+                ("--constrain-names", args.constrain_names), ("--constrained-retry", args.constrained_retry))
+    if args.gold:
+        problems += [f"{flag} needs a model: drop --gold" for flag, on in decoding if on]
     if args.gold and (args.compare_base or args.adapter_path):
         problems.append("--gold scores the data itself: drop --adapter-path / --compare-base")
     if args.replies is not None:
         if args.gold:
             problems.append("give --gold or --replies, not both")
-        for flag, on in (("--compare-base", args.compare_base), ("--exec-guided", args.exec_guided),
-                         ("--vote", args.vote), ("--resume", args.resume),
-                         ("--constrain-names", args.constrain_names),
-                         ("--constrained-retry", args.constrained_retry)):
+        for flag, on in (("--compare-base", args.compare_base), ("--resume", args.resume), *decoding):
             if on:
                 problems.append(f"{flag} needs a model run: --replies scores saved replies")
         if not Path(args.replies).is_file():

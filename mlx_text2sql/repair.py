@@ -143,11 +143,9 @@ class Repairer:
         key = str(Path(db_path).resolve())
         fixes: list = []
         if names:
-            from .name_repair import fix_names, read_foreign_keys, read_schema
+            from .name_repair import fix_names
 
-            if key not in self._names:
-                self._names[key] = read_schema(db_path), read_foreign_keys(db_path)
-            schema, keys = self._names[key]
+            schema, keys = self.names(db_path)
             sql, named = fix_names(sql, schema, question, keys)
             fixes.extend(named)
         if values:
@@ -156,6 +154,16 @@ class Repairer:
             sql, valued = fix_values(sql, self._indexes[key], question)
             fixes.extend(valued)
         return sql, fixes
+
+    def names(self, db_path: str | os.PathLike) -> tuple[dict[str, list[str]], list[tuple[str, str, str, str]]]:
+        """A database's ``{table: [columns]}`` and declared foreign keys, read once per file
+        (empty when it cannot be read): what name repair and the name constraint know of it."""
+        from .name_repair import read_foreign_keys, read_schema
+
+        key = str(Path(db_path).resolve())
+        if key not in self._names:
+            self._names[key] = read_schema(db_path), read_foreign_keys(db_path)
+        return self._names[key]
 
     def configured(self, *, values: bool, names: bool) -> "ConfiguredRepair":
         """This repairer with its kinds of repair fixed, for callers that call ``fix(sql, db,

@@ -132,15 +132,13 @@ class Predictor:
 
     def constraint(self, p: Prepared):
         """The :class:`~mlx_text2sql.sql.constrain.NameConstraint` of a question's database
-        (with its declared foreign keys) or schema text (one per database or schema, kept
-        across calls); None when it has no tables to read."""
-        from ..name_repair import read_foreign_keys
+        (with its declared foreign keys, as name repair reads them) or schema text (one per
+        database or schema, kept across calls); None when it has no tables to read."""
         from ..sql.constrain import NameConstraint, schema_names
 
         key = ("db", os.path.abspath(p.db)) if p.db is not None else ("schema", p.schema)
         if key not in self._constraints:
-            names = schema_names(db=p.db, schema=p.schema)
-            keys = read_foreign_keys(p.db) if p.db is not None and names else []
+            names, keys = self.refiner.repairer.names(p.db) if p.db is not None else (schema_names(schema=p.schema), [])
             self._constraints[key] = NameConstraint(names, keys=keys) if names else None
         return self._constraints[key]
 

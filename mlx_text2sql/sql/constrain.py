@@ -54,7 +54,7 @@ abs avg changes char coalesce count date datetime format glob group_concat hex i
 julianday last_insert_rowid length like likelihood likely lower ltrim max min nullif printf quote
 random randomblob replace round rtrim sign soundex sqlite_version strftime string_agg substr
 substring sum time timediff total trim typeof unhex unicode unixepoch unlikely upper zeroblob
-integer int text real numeric float double varchar char boolean date blob
+integer int text real numeric float double varchar boolean blob
 """.split())
 
 # A clause keyword that ends a FROM clause (after it a word after a table name is no alias).
@@ -216,7 +216,7 @@ class NameConstraint:
                 return None
             return replace(s, qualifier=w, prev=w, last_table="")
         if s.qualifier is not None:
-            if w not in self._columns_after(s, s.qualifier):
+            if not _contains(self._columns_after(s, s.qualifier), w):
                 return None
             on, left = s.on, s.on_left
             if on == 1:
@@ -225,14 +225,13 @@ class NameConstraint:
             elif on:
                 on = 4
             return replace(s, qualifier=None, prev=w, last_table="", on=on, on_left=left)
-        if s.on and w not in _KEYWORDS:
-            s = replace(s, on=4)
         if w in _KEYWORDS:
             return self._keyword(s, w)
+        if s.on:  # an unqualified name in an ON condition: no key rule applies to it
+            s = replace(s, on=4)
         if s.prev in ("as", "with") or s.last_table:  # an alias (or a WITH table) being defined
-            table = s.last_table if s.last_table else ""
             scope = _EVERYWHERE if s.prev == "with" else s.scopes[-1]  # a WITH table is seen everywhere
-            return replace(s, prev=w, last_table="", aliases=s.aliases + ((w, table, scope),))
+            return replace(s, prev=w, last_table="", aliases=s.aliases + ((w, s.last_table, scope),))
         if any(a == w for a, _, _ in s.aliases):
             return replace(s, prev=w, last_table="")
         if _contains(self._plain_words, w):

@@ -178,18 +178,13 @@ def _accept(gen, active: _Active, drafts: list[list[int]], choice: list[list[int
     keep, pending = [], []
     for j, (row, d, c) in enumerate(zip(active.rows, drafts, choice)):
         a = 0
-        if row.constraint is None:
-            while a < len(d) and d[a] == c[a]:
+        while True:
+            if row.constraint is not None:  # the constraint's choice (None once it is dropped)
+                c[a] = constrain(gen, row, c[a], active.step_logits[j, a])
+            if a < len(d) and d[a] == c[a]:
                 a += 1
-        else:  # the constrained choice at each fed position; a guess is kept if it is that
-            c = list(c)
-            while True:
-                if row.constraint is not None:  # (dropped when it allowed none of the likely)
-                    c[a] = constrain(gen, row, c[a], active.step_logits[j, a])
-                if a < len(d) and d[a] == c[a]:
-                    a += 1
-                else:
-                    break
+            else:
+                break
         kept[j] = 1 + a
         gen.stats.drafted_tokens += len(d)
         gen.stats.accepted_tokens += a

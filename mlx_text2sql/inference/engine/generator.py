@@ -313,25 +313,16 @@ class SQLGenerator:
 
     def _constraint_processor(self, row: _Row):
         """A logits processor for mlx_lm's ``generate_step`` that leaves only the token the
-        row's constraint chooses (:func:`.decode.constrain`): the tokens generated since the
-        last call are read from ``tokens`` first."""
-        from .decode import allowed, constrain
-
-        n_prompt = len(row.prompt)
-        seen = [0]
+        row's constraint chooses (:func:`.decode.constrain`, which advances the row's state:
+        decoding is greedy, so that token is the one generated)."""
+        from .decode import constrain
 
         def process(tokens: mx.array, logits: mx.array) -> mx.array:
-            new = tokens.tolist()[n_prompt + seen[0]:]
-            for t in new:
-                if row.constraint is not None:
-                    row.cstate = allowed(self, row, int(t)) or row.cstate
-            seen[0] += len(new)
             if row.constraint is None:
                 return logits
-            first = int(mx.argmax(logits[0]).item())
-            state = row.cstate
-            choice = constrain(self, row, first, logits[0])
-            row.cstate = state  # advanced when the token comes back in ``tokens``
+            choice = constrain(self, row, int(mx.argmax(logits[0]).item()), logits[0])
+            if row.constraint is None:  # dropped: the model's own choice
+                return logits
             mask = mx.full(logits.shape, -float("inf"), dtype=logits.dtype)
             return mx.where(mx.arange(logits.shape[-1]) == choice, logits, mask)
 
