@@ -208,22 +208,11 @@ def test_resume_needs_output(dataset, capsys):
     assert "--resume needs --output" in capsys.readouterr().err
 
 
-def test_constrain_names_decodes_over_each_record_s_database(tmp_path, capsys, monkeypatch):
-    """The model writes SUM(goals); the database has points. Constrained, no reply names goals,
-    and the report says how many tokens the constraint chose. (The tiny model's logits beyond
-    its reply are random, so the constraint looks through the whole vocabulary here.)"""
+def _misnaming_run(tmp_path) -> list[str]:
+    """A model that always writes SUM(goals), three records over a database without goals:
+    the evaluate arguments (output in ``tmp_path / "pred.jsonl"``)."""
     import sys
     from pathlib import Path
-
-    from mlx_text2sql.engine import SQLGenerator
-
-    init = SQLGenerator.__init__
-
-    def whole_vocabulary(self, *a, **kw):
-        init(self, *a, **kw)
-        self.constraint_top_k = 10**6
-
-    monkeypatch.setattr(SQLGenerator, "__init__", whole_vocabulary)
 
     sys.path.insert(0, str(Path(__file__).parent))
     from tinymodels import make_programmed_model
@@ -234,8 +223,26 @@ def test_constrain_names_decodes_over_each_record_s_database(tmp_path, capsys, m
             for i in range(3)]
     data = tmp_path / "test.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return ["--data", str(data), "--model", str(model), "--max-tokens", "16",
+            "--output", str(tmp_path / "pred.jsonl"), "--quiet"]
+
+
+def test_constrain_names_decodes_over_each_record_s_database(tmp_path, capsys, monkeypatch):
+    """The model writes SUM(goals); the database has points. Constrained, no reply names goals,
+    and the report says how many tokens the constraint chose. (The tiny model's logits beyond
+    its reply are random, so the constraint looks through the whole vocabulary here.)"""
+    from mlx_text2sql.engine import SQLGenerator
+
+    init = SQLGenerator.__init__
+
+    def whole_vocabulary(self, *a, **kw):
+        init(self, *a, **kw)
+        self.constraint_top_k = 10**6
+
+    monkeypatch.setattr(SQLGenerator, "__init__", whole_vocabulary)
+
+    argv = _misnaming_run(tmp_path)
     out = tmp_path / "pred.jsonl"
-    argv = ["--data", str(data), "--model", str(model), "--max-tokens", "16", "--output", str(out), "--quiet"]
     assert evaluate.main(argv) == 0
     free = [json.loads(line) for line in out.read_text().splitlines()]
     assert all(r["reply"] == "SELECT SUM(goals) FROM players" for r in free)
@@ -251,26 +258,13 @@ def test_constrain_names_decodes_over_each_record_s_database(tmp_path, capsys, m
 def test_constrained_retry_redecodes_the_queries_that_fail(tmp_path, capsys):
     """The greedy SUM(goals) fails on a database without goals; --constrained-retry decodes
     each again under the name constraint, and the report and the results say so."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from tinymodels import make_programmed_model
-
-    model = make_programmed_model(tmp_path / "m", "SELECT SUM(goals) FROM players", "chatml")
-    _db(tmp_path / "db.sqlite")
-    recs = [_record(i, f"what is the total of points, take {i}?", 'SELECT SUM("points") FROM "players"')
-            for i in range(3)]
-    data = tmp_path / "test.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    argv = _misnaming_run(tmp_path)
     out = tmp_path / "pred.jsonl"
-    argv = ["--data", str(data), "--model", str(model), "--max-tokens", "16", "--output", str(out), "--quiet",
-            "--constrained-retry"]
-    assert evaluate.main(argv) == 0
+    assert evaluate.main(argv + ["--constrained-retry"]) == 0
     report = capsys.readouterr().out
     assert "constrained retry: 3 greedy queries raised an error on the database" in report
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert all(r["guided"]["mode"] == "constrained" and r["guided"]["samples"] == 1 for r in rows)
     assert all(r["guided"]["reason"] == "error" for r in rows)
-    assert evaluate.main(["--data", str(data), "--replies", str(out), "--constrained-retry"]) == 2
+    assert evaluate.main(["--data", str(tmp_path / "test.jsonl"), "--replies", str(out), "--constrained-retry"]) == 2
     assert "--constrained-retry needs a model run" in capsys.readouterr().err
