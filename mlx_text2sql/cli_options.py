@@ -16,6 +16,8 @@ DEFAULT_MAX_TOKENS = 160
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_GUIDED_TEMP = 0.7
 DEFAULT_GUIDED_TOP_P = 0.95
+PREFIX_CACHE_MB = 512
+GUIDED_PREFIX_CACHE_MB = 4096  # a chunk's prompts, so that each second decoding starts from its cache
 
 
 def add_model_options(p) -> None:
@@ -84,6 +86,24 @@ def add_refine_options(p, *, fix_values_help: str, exec_guided_help: str) -> Non
                    help=f"nucleus sampling of --exec-guided / --vote (default {DEFAULT_GUIDED_TOP_P})")
 
 
+def add_prefix_cache_option(p) -> None:
+    p.add_argument("--prefix-cache-mb", type=float, default=None, metavar="MB",
+                   help="memory for the prompt caches kept between batches, least recently used "
+                        f"dropped first (default {PREFIX_CACHE_MB}; {GUIDED_PREFIX_CACHE_MB} with --vote, "
+                        "--exec-guided or --constrained-retry, so that a prompt decoded again starts "
+                        "from its stored cache instead of being computed twice)")
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict:
+    """Keywords of :class:`~mlx_text2sql.engine.SQLGenerator` from the flags (for
+    :meth:`mlx_text2sql.api.Text2SQL.load`)."""
+    mb = args.prefix_cache_mb
+    if mb is None:
+        guided = args.vote or args.exec_guided or args.constrained_retry
+        mb = GUIDED_PREFIX_CACHE_MB if guided else PREFIX_CACHE_MB
+    return {"prefix_cache_mb": mb}
+
+
 def add_timeout_option(p) -> None:
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
                    help=f"seconds each query may run (default {DEFAULT_TIMEOUT_S:g})")
@@ -100,6 +120,9 @@ def generation_problems(args: argparse.Namespace, **fields) -> list[str]:
     for problem in ask_options(args, **fields).problems():
         field, rest = problem.split(" ", 1)
         out.append(f"{_FLAGS.get(field, '--' + field.replace('_', '-'))} {rest}")
+    mb = getattr(args, "prefix_cache_mb", None)
+    if mb is not None and not mb >= 0:
+        out.append(f"--prefix-cache-mb must be 0 or more (got {mb:g})")
     return out
 
 

@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 batch_size_help="; rows decoded together share each read of the weights; "
                                                 "lower it for a large model on a machine with little memory")
     opts.add_timeout_option(p)
+    opts.add_prefix_cache_option(p)
     p.add_argument("--strict", action="store_true", help="stop at the first malformed JSONL line")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -580,7 +581,7 @@ def _main(args) -> int:
         elif args.replies is not None:
             runs = [_rescore(records, base_dir, args, writer)]
         else:
-            runs = _model_runs(records, base_dir, load=opts.load_kwargs(args),
+            runs = _model_runs(records, base_dir, load={**opts.load_kwargs(args), **opts.engine_kwargs(args)},
                                options=opts.ask_options(args, execute=False), compare_base=args.compare_base,
                                writer=writer, quiet=args.quiet)
         ok = True

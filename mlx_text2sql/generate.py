@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         exec_guided_help=", against the database (--db, or a record's db_path); changes are noted on stderr")
     e.add_argument("--max-rows", type=int, default=20, help="result rows shown (default 20)")
     opts.add_timeout_option(e)
+    opts.add_prefix_cache_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar or timing notes")
     return p
 
@@ -201,7 +202,7 @@ def _main(argv) -> int:
     builder = PromptBuilder(settings, on_tables=lambda path, why: out.log(
         f"[generate] {path}: asking over {why}; --tables names them yourself"))
     source = _source(args.schema, args.schema_file, args.db, args.tables, builder)
-    load_kw = opts.load_kwargs(args)
+    load_kw = {**opts.load_kwargs(args), **opts.engine_kwargs(args)}
 
     if args.input is not None:
         jobs = read_input(args.input, builder, default_db=source.db, default_tables=source.tables,
