@@ -6,8 +6,6 @@
   compute softmaxes and sigmoids in NumPy, and ``tuner.fastops`` has a polynomial ``exp``);
 - decode attention: ``engine.decode_attention`` against ``mx.fast.scaled_dot_product_attention``
   at a batched decode step of SmolLM2-135M (9 query heads over 3 key/value heads, head size 64);
-- host threads: ``host_attention`` at a prefill over a 700-token schema prompt, its softmax on
-  one thread against split over the host's cores (``engine.kernels.host_threads``);
 - matmul: a float32 product against MLX's 4-bit ``quantized_matmul`` of the same shape (why
   training and generation run a quantized model dense on the CPU);
 - chat template: compiling a jinja template against rendering it (why compiled templates are
@@ -71,31 +69,6 @@ def decode_attention(repeats: int, rows: int = 16, columns: int = 450) -> dict:
             "b_s": median_s(lambda: mx.eval(ours(q, k, v, scale, None)), repeats)}
 
 
-def host_threads(repeats: int, tokens: int = 700) -> dict:
-    import mlx.core as mx
-
-    from mlx_text2sql.inference.engine import host_attention, kernels
-
-    heads, kv_heads, dim = 9, 3, 64
-    q = mx.random.normal((1, heads, tokens, dim), key=mx.random.key(0))
-    k = mx.random.normal((1, kv_heads, tokens, dim), key=mx.random.key(1))
-    v = mx.random.normal((1, kv_heads, tokens, dim), key=mx.random.key(2))
-    mx.eval(q, k, v)
-    n = kernels.host_threads()
-
-    def run(threads: int):
-        saved = kernels._THREADS[0]
-        kernels._THREADS[0] = threads
-        try:
-            mx.eval(host_attention(q, k, v, dim ** -0.5, "causal"))
-        finally:
-            kernels._THREADS[0] = saved
-
-    return {"what": f"host_attention, one layer's prefill of {tokens} tokens, {heads}/{kv_heads} heads",
-            "a": "softmax on 1 thread", "b": f"softmax on {n} threads",
-            "a_s": median_s(lambda: run(1), repeats), "b_s": median_s(lambda: run(n), repeats)}
-
-
 def quantized_matmul(repeats: int, rows: int = 24, d_in: int = 576, d_out: int = 1536) -> dict:
     import mlx.core as mx
 
@@ -130,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=15, help="timed runs per figure (default 15; median)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     args = p.parse_args(argv)
-    results = [f(args.repeats) for f in (exponentials, decode_attention, host_threads, quantized_matmul, chat_template)]
+    results = [f(args.repeats) for f in (exponentials, decode_attention, quantized_matmul, chat_template)]
     for r in results:
         r["a_over_b"] = r["a_s"] / r["b_s"]
     if args.json:

@@ -17,7 +17,6 @@ DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_GUIDED_TEMP = 0.7
 DEFAULT_GUIDED_TOP_P = 0.95
 PREFIX_CACHE_MB = 512
-GUIDED_PREFIX_CACHE_MB = 4096  # a chunk's prompts, so that each second decoding starts from its cache
 
 
 def add_model_options(p) -> None:
@@ -89,19 +88,16 @@ def add_refine_options(p, *, fix_values_help: str, exec_guided_help: str) -> Non
 def add_prefix_cache_option(p) -> None:
     p.add_argument("--prefix-cache-mb", type=float, default=None, metavar="MB",
                    help="memory for the prompt caches kept between batches, least recently used "
-                        f"dropped first (default {PREFIX_CACHE_MB}; {GUIDED_PREFIX_CACHE_MB} with --vote, "
-                        "--exec-guided or --constrained-retry, so that a prompt decoded again starts "
-                        "from its stored cache instead of being computed twice)")
+                        f"dropped first (default {PREFIX_CACHE_MB}); with --vote, --exec-guided or "
+                        "--constrained-retry, one that holds a chunk's prompts (4096 for Spider) lets a "
+                        "prompt decoded again start from its stored cache instead of being computed twice")
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
     """Keywords of :class:`~mlx_text2sql.engine.SQLGenerator` from the flags (for
     :meth:`mlx_text2sql.api.Text2SQL.load`)."""
     mb = args.prefix_cache_mb
-    if mb is None:
-        guided = args.vote or args.exec_guided or args.constrained_retry
-        mb = GUIDED_PREFIX_CACHE_MB if guided else PREFIX_CACHE_MB
-    return {"prefix_cache_mb": mb}
+    return {"prefix_cache_mb": PREFIX_CACHE_MB if mb is None else mb}
 
 
 def add_timeout_option(p) -> None:

@@ -271,8 +271,7 @@ def test_constrained_retry_redecodes_the_queries_that_fail(tmp_path, capsys):
 
 
 def test_a_retried_prompt_starts_from_its_stored_cache(tmp_path, capsys, monkeypatch):
-    """With --constrained-retry the prefix store holds a chunk's prompts (4096 MB by default),
-    so the second decoding of a failing query computes only what its prompt does not share;
+    """With --constrained-retry and a prefix store that holds a chunk's prompts, the second decoding of a failing query computes only what its prompt does not share;
     with --prefix-cache-mb 0 the retries compute as much as the greedy pass."""
     from mlx_text2sql.engine import SQLGenerator
 
@@ -286,14 +285,15 @@ def test_a_retried_prompt_starts_from_its_stored_cache(tmp_path, capsys, monkeyp
     monkeypatch.setattr(SQLGenerator, "__init__", recording)
     argv = _misnaming_run(tmp_path) + ["--constrained-retry"]
     computed = {}
-    for flags in ([], ["--prefix-cache-mb", "0"]):
+    for flags in (["--prefix-cache-mb", "4096"], ["--prefix-cache-mb", "0"]):
         assert evaluate.main(argv + flags) == 0
         assert "constrained retry: 3 greedy queries" in capsys.readouterr().out
         stats = made[-1].stats
         assert stats.prompts == 6  # three greedy prompts, three retries
-        computed[bool(flags)] = stats.computed_prompt_tokens
+        computed[flags[1] == "0"] = stats.computed_prompt_tokens
     ran = [g for g in made if g.stats.prompts]
     assert [g.store.max_bytes for g in ran] == [4096 * 2**20, 0]
+    assert evaluate.main(argv) == 0 and made[-1].store.max_bytes == 512 * 2**20  # the default
     once = computed[True] // 2  # without a store both decodings compute the same (a shared start once)
     assert computed[True] == 2 * once and once > 100
     assert 0 < 5 * (computed[False] - once) < once  # the retries: only each question's own end

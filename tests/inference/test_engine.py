@@ -492,49 +492,6 @@ def test_host_attention_matches_mlx_fast_sdpa(heads, kv_heads, L, T, mask_kind):
     np.testing.assert_allclose(np.array(ours), np.array(ref), atol=1e-5)
 
 
-@pytest.mark.parametrize("B, threads, parts", [(3, 3, 3), (1, 2, 2), (2, 4, 4), (1, 16, 1)])
-@pytest.mark.parametrize("mask_kind", ["none", "causal", "bool", "bool-2d", "additive"])
-def test_host_math_split_over_threads_equals_one_thread(B, threads, parts, mask_kind, monkeypatch):
-    """Large host softmaxes and SwiGLUs are cut along the batch (or heads, for one row) and run
-    on several threads; every cut gives the one-thread numbers exactly."""
-    from mlx_text2sql.inference.engine import host_attention, host_swiglu, kernels
-
-    rng = np.random.default_rng(B * 10 + threads)
-    H, kvh, L, T, D = 6, 3, 1 if mask_kind == "none" else 5, 19, 8
-    q = mx.array(rng.standard_normal((B, H, L, D)).astype(np.float32))
-    k = mx.array(rng.standard_normal((B, kvh, T, D)).astype(np.float32))
-    v = mx.array(rng.standard_normal((B, kvh, T, D)).astype(np.float32))
-    allowed = rng.random((B, 1, L, T)) < 0.6
-    allowed[..., -1] = True
-    mask = {"none": None, "causal": "causal", "bool": mx.array(allowed), "bool-2d": mx.array(allowed[0, 0]),
-            "additive": mx.array(np.where(allowed, 0.0, -1e4).astype(np.float32))}[mask_kind]
-    gate = mx.array(rng.standard_normal((B, 7, 24)).astype(np.float32) * 4)
-    x = mx.array(rng.standard_normal((B, 7, 24)).astype(np.float32))
-    monkeypatch.setattr(kernels, "_THREADS", [1])
-    one = np.array(host_attention(q, k, v, 0.3, mask)), np.array(host_swiglu(gate, x))
-    monkeypatch.setattr(kernels, "_THREADS", [threads])
-    monkeypatch.setattr(kernels, "HOST_SPLIT_MIN", 2)
-    cuts = kernels._slices((B, H, L, T), (0, 1))
-    assert len(cuts) == parts  # along the batch, else the heads, else not cut
-    split = np.array(host_attention(q, k, v, 0.3, mask)), np.array(host_swiglu(gate, x))
-    np.testing.assert_array_equal(split[0], one[0])
-    np.testing.assert_array_equal(split[1], one[1])
-    ref = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.3, mask=mask)
-    np.testing.assert_allclose(split[0], np.array(ref), atol=1e-5)
-
-
-def test_host_threads_reads_the_environment(monkeypatch):
-    from mlx_text2sql.inference.engine import kernels
-
-    monkeypatch.setenv("MLX_TEXT2SQL_HOST_THREADS", "3")
-    assert kernels._count_threads() == 3
-    monkeypatch.setenv("MLX_TEXT2SQL_HOST_THREADS", "")
-    assert 1 <= kernels._count_threads() <= 8
-    monkeypatch.setattr(kernels, "HOST_SPLIT_MIN", 1 << 17)
-    monkeypatch.setattr(kernels, "_THREADS", [2])
-    assert kernels._slices((1, 9, 4, 40), (0, 1)) == [(slice(None),)]  # small: one part
-
-
 def test_host_attention_keeps_a_half_precision_models_dtype():
     from mlx_text2sql.inference.engine import host_attention
 

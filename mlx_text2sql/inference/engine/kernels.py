@@ -52,129 +52,41 @@ def host_attention(queries: mx.array, keys: mx.array, values: mx.array, scale: f
     NumPy on the host, for any number of queries. For MLX's CPU backend only: its ``exp`` is
     scalar, many times slower than NumPy's vectorised one, and the softmax is a large part of
     a prefill over a schema (``benchmarks/cpu_kernels.py`` times both). The score and value
-    products stay in MLX; the scores are evaluated here (a host sync per layer). A large
-    softmax is split over the host's cores (:func:`host_threads`): MLX is idle while it runs,
-    and NumPy's loops release the GIL."""
+    products stay in MLX; the scores are evaluated here (a host sync per layer)."""
     B, H, L, D = queries.shape
     kvh, T = keys.shape[1], keys.shape[2]
     rep = H // kvh
     q = (queries * scale).reshape(B, kvh, rep * L, D)
-    s = (q @ keys.swapaxes(-1, -2)).astype(mx.float32).reshape(B, H, L, T)
+    s = (q @ keys.swapaxes(-1, -2)).astype(mx.float32).reshape(B, kvh, rep, L, T)
     a = np.asarray(s)  # a view of MLX's buffer: never written to
-    # The mask as an additive bias broadcast over the heads: 0 where allowed, -inf elsewhere.
     if isinstance(mask, str):
-        bias = np.where(np.tri(L, T, T - L, dtype=bool), np.float32(0), np.float32(-np.inf))
+        w = np.where(np.tri(L, T, T - L, dtype=bool), a, -np.inf)
     elif mask is not None:
         if mask.dtype != mx.bool_ and mask.dtype != mx.float32:
             mask = mask.astype(mx.float32)
         m = np.asarray(mask)
-        m = m.reshape(m.shape[0] if m.ndim == 4 else 1, 1, L, T)
-        bias = np.where(m, np.float32(0), np.float32(-np.inf)) if m.dtype == np.bool_ else m
+        m = m.reshape(m.shape[0] if m.ndim == 4 else 1, 1, 1, L, T)
+        w = np.where(m, a, -np.inf) if m.dtype == np.bool_ else a + m
     else:
-        bias = None
-    w = np.empty(a.shape, np.float32)
-    if bias is None:
-        parts = [(w[i], a[i], None) for i in _slices(a.shape, (0, 1))]
-    else:
-        bias = np.broadcast_to(bias, (bias.shape[0] if bias.ndim == 4 else 1, 1, L, T))
-        parts = [(w[i], a[i], bias[_bias_index(i, bias)]) for i in _slices(a.shape, (0, 1))]
-    _run_parts(_softmax_part, parts)
+        w = a.copy()
+    with np.errstate(invalid="ignore", divide="ignore"):  # a fully masked row: NaN, as in MLX
+        w -= w.max(axis=-1, keepdims=True)
+        np.exp(w, out=w)
+        w /= w.sum(axis=-1, keepdims=True)
     p = mx.array(w.reshape(B, kvh, rep * L, T))
     return (p @ values.astype(p.dtype)).astype(queries.dtype).reshape(B, H, L, D)
-
-
-def _bias_index(index: tuple, bias: np.ndarray) -> tuple:
-    """The part of a (B or 1, 1, L, T) bias that the scores' part ``index`` reads."""
-    rows = index[0] if bias.shape[0] > 1 else slice(None)
-    return (rows,) + (slice(None),) * 3
-
-
-def _softmax_part(out: np.ndarray, scores: np.ndarray, bias) -> None:
-    """``out = softmax(scores + bias)`` over the last axis, in place in ``out``."""
-    with np.errstate(invalid="ignore", divide="ignore"):  # a fully masked row: NaN, as in MLX
-        if bias is None:
-            np.copyto(out, scores)
-        else:
-            np.add(scores, bias, out=out)
-        out -= out.max(axis=-1, keepdims=True)
-        np.exp(out, out=out)
-        out /= out.sum(axis=-1, keepdims=True)
 
 
 def host_swiglu(gate: mx.array, x: mx.array) -> mx.array:
     """``silu(gate) * x`` (mlx_lm's ``swiglu``) with the sigmoid's exponentials computed by
     NumPy (see :func:`host_attention`); float32 arrays of one shape."""
-    g, xs = np.asarray(gate), np.asarray(x)
-    out = np.empty(g.shape, np.float32)
-    axes = tuple(range(g.ndim - 1)) or (0,)
-    _run_parts(_swiglu_part, [(out[i], g[i], xs[i]) for i in _slices(g.shape, axes)])
-    return mx.array(out)
-
-
-def _swiglu_part(out: np.ndarray, g: np.ndarray, x: np.ndarray) -> None:
+    g = np.asarray(gate)
     with np.errstate(over="ignore"):
-        np.negative(g, out=out)
-        np.exp(out, out=out)
+        out = np.exp(-g)
     out += 1.0
     np.divide(g, out, out=out)
-    out *= x
-
-
-# --------------------------------------------------------------------------- host threads
-
-HOST_SPLIT_MIN = 1 << 17  # elements from which host math is split over threads
-_POOL: list = [None, 0]  # the executor, its size
-_THREADS: list = [None]
-
-
-def host_threads() -> int:
-    """Threads the host math uses: the cores this process may run on (at most 8), or
-    ``MLX_TEXT2SQL_HOST_THREADS`` (read once)."""
-    if _THREADS[0] is None:
-        _THREADS[0] = _count_threads()
-    return _THREADS[0]
-
-
-def _count_threads() -> int:
-    import os
-
-    env = os.environ.get("MLX_TEXT2SQL_HOST_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n = os.cpu_count() or 1
-    return max(1, min(8, n))
-
-
-def _slices(shape: tuple, axes: tuple) -> list[tuple]:
-    """Index tuples cutting an array of ``shape`` into about :func:`host_threads` parts along
-    the first of ``axes`` long enough (one part when the array is small)."""
-    size = int(np.prod(shape))
-    n = min(host_threads(), max(1, size // (HOST_SPLIT_MIN // 2)))
-    if n > 1:
-        for ax in axes:
-            if shape[ax] >= n:
-                bounds = np.linspace(0, shape[ax], n + 1).astype(int)
-                return [(slice(None),) * ax + (slice(lo, hi),) for lo, hi in zip(bounds[:-1], bounds[1:])]
-    return [(slice(None),)]
-
-
-def _run_parts(fn, parts: list[tuple]) -> None:
-    """``fn(*part)`` for every part: the first on this thread, the rest on the host pool."""
-    if len(parts) == 1:
-        fn(*parts[0])
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    if _POOL[0] is None or _POOL[1] < len(parts) - 1:
-        _POOL[0] = ThreadPoolExecutor(max_workers=len(parts) - 1, thread_name_prefix="mlx-text2sql-host")
-        _POOL[1] = len(parts) - 1
-    futures = [_POOL[0].submit(fn, *part) for part in parts[1:]]
-    fn(*parts[0])
-    for f in futures:
-        f.result()
+    out *= np.asarray(x)
+    return mx.array(out)
 
 
 class _HostMath:
