@@ -86,7 +86,7 @@ def add_refine_options(p, *, fix_values_help: str, exec_guided_help: str) -> Non
 
 
 def add_prefix_cache_option(p) -> None:
-    p.add_argument("--prefix-cache-mb", type=float, default=None, metavar="MB",
+    p.add_argument("--prefix-cache-mb", type=float, default=PREFIX_CACHE_MB, metavar="MB",
                    help="memory for the prompt caches kept between batches, least recently used "
                         f"dropped first (default {PREFIX_CACHE_MB}); with --vote, --exec-guided or "
                         "--constrained-retry, one that holds a chunk's prompts (4096 for Spider) lets a "
@@ -96,8 +96,13 @@ def add_prefix_cache_option(p) -> None:
 def engine_kwargs(args: argparse.Namespace) -> dict:
     """Keywords of :class:`~mlx_text2sql.engine.SQLGenerator` from the flags (for
     :meth:`mlx_text2sql.api.Text2SQL.load`)."""
+    return {"prefix_cache_mb": args.prefix_cache_mb}
+
+
+def prefix_cache_problems(args: argparse.Namespace) -> list[str]:
+    """What is wrong with ``--prefix-cache-mb`` (generate, evaluate, serve)."""
     mb = args.prefix_cache_mb
-    return {"prefix_cache_mb": PREFIX_CACHE_MB if mb is None else mb}
+    return [] if mb >= 0 else [f"--prefix-cache-mb must be 0 or more (got {mb:g})"]
 
 
 def add_timeout_option(p) -> None:
@@ -116,9 +121,6 @@ def generation_problems(args: argparse.Namespace, **fields) -> list[str]:
     for problem in ask_options(args, **fields).problems():
         field, rest = problem.split(" ", 1)
         out.append(f"{_FLAGS.get(field, '--' + field.replace('_', '-'))} {rest}")
-    mb = getattr(args, "prefix_cache_mb", None)
-    if mb is not None and not mb >= 0:
-        out.append(f"--prefix-cache-mb must be 0 or more (got {mb:g})")
     return out
 
 

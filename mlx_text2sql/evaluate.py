@@ -418,6 +418,7 @@ def _validate(args) -> None:
     if args.sample is not None and args.limit is not None:
         problems.append("give --limit or --sample, not both")
     problems += opts.generation_problems(args)
+    problems += opts.prefix_cache_problems(args)
     decoding = (("--exec-guided", args.exec_guided), ("--vote", args.vote),
                 ("--constrain-names", args.constrain_names), ("--constrained-retry", args.constrained_retry))
     if args.gold:

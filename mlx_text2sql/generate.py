@@ -108,6 +108,7 @@ def _validate(args) -> None:
     if args.output is not None and args.input is None:
         problems.append("--output needs --input")
     problems += opts.generation_problems(args, max_rows=args.max_rows, sample_rows=args.sample_rows)
+    problems += opts.prefix_cache_problems(args)
     if (args.exec_guided or args.vote or args.constrained_retry) and args.db is None and args.input is None:
         flag = "--exec-guided" if args.exec_guided else "--vote" if args.vote else "--constrained-retry"
         problems.append(f"{flag} needs --db (the database the queries are checked on)")

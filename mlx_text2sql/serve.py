@@ -34,7 +34,7 @@ DEFAULT_ADAPTERS = "adapters"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli_options import add_model_options
+    from .cli_options import PREFIX_CACHE_MB, add_model_options
     from .server.limits import API_KEY_ENV, Limits
 
     d = Limits()
@@ -47,9 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: it is used when it holds an adapter)")
     m.add_argument("--served-model-name", default=None,
                    help="the model id /v1/models lists and chat completions name (default: the model's name)")
-    m.add_argument("--prefix-cache-mb", type=float, default=512,
+    m.add_argument("--prefix-cache-mb", type=float, default=PREFIX_CACHE_MB, metavar="MB",
                    help="memory for schema prefixes kept between requests, least recently used "
-                        "dropped first (default 512)")
+                        f"dropped first (default {PREFIX_CACHE_MB})")
 
     s = p.add_argument_group("server")
     s.add_argument("--db", action="append", default=None, metavar="[NAME=]FILE",
@@ -146,13 +146,13 @@ def loopback_hosts(host: str, port: int) -> list[str] | None:
 
 def _main(argv) -> int:
     args = build_parser().parse_args(argv)
+    from .cli_options import prefix_cache_problems
     from .server.databases import DatabaseRegistry, parse_db_arg
 
     problems = []
     if not 0 <= args.port <= 65535:
         problems.append("--port must be in 0..65535")
-    if args.prefix_cache_mb < 0:
-        problems.append("--prefix-cache-mb must be 0 or more")
+    problems += prefix_cache_problems(args)
     adapter = default_adapter(args)
     if adapter is not None and not Path(adapter).is_dir():
         problems.append(f"--adapter-path {adapter}: no such folder")

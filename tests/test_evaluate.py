@@ -271,8 +271,9 @@ def test_constrained_retry_redecodes_the_queries_that_fail(tmp_path, capsys):
 
 
 def test_a_retried_prompt_starts_from_its_stored_cache(tmp_path, capsys, monkeypatch):
-    """With --constrained-retry and a prefix store that holds a chunk's prompts, the second decoding of a failing query computes only what its prompt does not share;
-    with --prefix-cache-mb 0 the retries compute as much as the greedy pass."""
+    """With --constrained-retry and a prefix store that holds a chunk's prompts, the second
+    decoding of a failing query computes only what its prompt does not share; with
+    --prefix-cache-mb 0 the retries compute as much as the greedy pass."""
     from mlx_text2sql.engine import SQLGenerator
 
     made = []
@@ -285,17 +286,17 @@ def test_a_retried_prompt_starts_from_its_stored_cache(tmp_path, capsys, monkeyp
     monkeypatch.setattr(SQLGenerator, "__init__", recording)
     argv = _misnaming_run(tmp_path) + ["--constrained-retry"]
     computed = {}
-    for flags in (["--prefix-cache-mb", "4096"], ["--prefix-cache-mb", "0"]):
-        assert evaluate.main(argv + flags) == 0
+    for mb in ("4096", "0"):
+        assert evaluate.main(argv + ["--prefix-cache-mb", mb]) == 0
         assert "constrained retry: 3 greedy queries" in capsys.readouterr().out
         stats = made[-1].stats
         assert stats.prompts == 6  # three greedy prompts, three retries
-        computed[flags[1] == "0"] = stats.computed_prompt_tokens
+        computed[mb] = stats.computed_prompt_tokens
     ran = [g for g in made if g.stats.prompts]
     assert [g.store.max_bytes for g in ran] == [4096 * 2**20, 0]
     assert evaluate.main(argv) == 0 and made[-1].store.max_bytes == 512 * 2**20  # the default
-    once = computed[True] // 2  # without a store both decodings compute the same (a shared start once)
-    assert computed[True] == 2 * once and once > 100
-    assert 0 < 5 * (computed[False] - once) < once  # the retries: only each question's own end
+    once = computed["0"] // 2  # without a store both decodings compute the same (a shared start once)
+    assert computed["0"] == 2 * once and once > 100
+    assert 0 < 5 * (computed["4096"] - once) < once  # the retries: only each question's own end
     assert evaluate.main(argv + ["--prefix-cache-mb", "-1"]) == 2
     assert "--prefix-cache-mb must be 0 or more (got -1)" in capsys.readouterr().err
