@@ -63,7 +63,9 @@ def test_concurrent_answers_equal_the_answers_given_alone(serve, random_service,
 def test_one_bad_request_in_a_batch_fails_alone(serve, programmed_service, music_db):
     from serverkit import REPLY
 
-    s = serve(programmed_service, [music_db], limits=Limits(batch_window_s=0.5))
+    # The batch starts when its fifth request arrives (max_batch), however slowly the clients
+    # start: the window only bounds the wait.
+    s = serve(programmed_service, [music_db], limits=Limits(batch_window_s=10.0, max_batch=5))
     bodies = [{"database": "music", "question": f"q{i}"} for i in range(5)]
     bodies[2]["tables"] = ["no_such_table"]  # the library refuses it before any model work
     with cf.ThreadPoolExecutor(len(bodies)) as pool:
