@@ -177,7 +177,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dropout", 0.0, float, "dropout on the LoRA input (default 0)", L, minimum=0, below=1),
     Setting("targets", None, list, "comma-separated module names (default: every linear layer of the blocks)", L,
             nullable=True, check=_targets),
-    Setting("lora_layers", None, int, "adapt only the last N blocks (default: all)", L, nullable=True, minimum=1),
+    Setting("lora_layers", None, int, "adapt only the last N blocks (default: all; -1: all, over a config that sets N)",
+            L, nullable=True, minimum=1),
     Setting("dora", False, bool, "DoRA instead of LoRA", L),
     # schedule
     Setting("iters", 60, int, "optimizer steps (default {default})", S, nullable=True, minimum=1),
